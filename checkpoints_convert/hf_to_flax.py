@@ -1,0 +1,72 @@
+"""HF directory (config.json + safetensors) -> our orbax checkpoint directory.
+
+    python -m checkpoints_convert.hf_to_flax --model-type qwen2 --hf-dir HF_DIR --out OUT_DIR
+
+Needs no torch. Tensors are memory-mapped and copied one at a time into the parameter
+tree, so peak memory is about one copy of the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+from flax import nnx
+
+from checkpoints_convert.families import get_family
+from checkpoints_convert.mapping import flatten, import_params, unflatten
+from checkpoints_convert.safetensors_io import DTYPE_NAMES, SafetensorsReader
+from jax_tinyr1.model.checkpoint import abstract_model, save_params
+from jax_tinyr1.model.config_io import save_model_config
+
+HF_DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+
+
+def convert(model_type: str, hf_dir: Path, out: Path, *, overwrite: bool = False, **config_overrides):
+    """Returns our config. Raises CheckpointError naming the key on any tensor mismatch."""
+    hf_dir, out = Path(hf_dir), Path(out)
+    family = get_family(model_type)
+    config_path = hf_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path}: not found")
+    config, passthrough = family.config_from_hf(json.loads(config_path.read_text()), **config_overrides)
+
+    abstract = flatten(nnx.state(abstract_model(model_type, config), nnx.Param).to_pure_dict())
+    reader = SafetensorsReader(hf_dir)
+    params = import_params(reader, family.rules(config), abstract,
+                           ignored_hf_keys=family.ignored_hf_keys(config))
+    # The dtype most tensors had, so that an export defaults to the file's own precision.
+    counts = Counter(DTYPE_NAMES[t.dtype] for t in reader.tensors.values())
+    hf_dtype = HF_DTYPE_NAMES.get(counts.most_common(1)[0][0], "float32")
+
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out}: exists and is not empty (pass --overwrite)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_params(out, unflatten(params))
+    save_model_config(out, model_type, config, hf_dtype=hf_dtype, hf_passthrough=passthrough)
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model-type", required=True)
+    parser.add_argument("--hf-dir", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="dtype of the stored (master) parameters")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    config = convert(args.model_type, args.hf_dir, args.out, overwrite=args.overwrite,
+                     param_dtype=args.param_dtype)
+    print(f"wrote {args.out} ({args.model_type}, {type(config).__name__})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

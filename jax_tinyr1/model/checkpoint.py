@@ -1,0 +1,84 @@
+"""Model checkpoints: orbax parameters plus our config.json beside them.
+
+Layout of a model directory:
+    DIR/config.json   {"model_type": ..., "config": {...}, ...}
+    DIR/params/       orbax PyTree checkpoint of the parameter tree (nested dict of arrays)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh, SingleDeviceSharding
+
+from jax_tinyr1.model.config_io import load_model_config, save_model_config
+from jax_tinyr1.model.qwen2 import Qwen2ForCausalLM
+from jax_tinyr1.model.sharding import state_shardings
+
+MODEL_CLASSES = {"qwen2": Qwen2ForCausalLM}
+PARAMS_DIR = "params"
+
+
+def build_model(model_type: str, config, seed: int = 0):
+    """A randomly initialised model (for training from scratch and tests)."""
+    return MODEL_CLASSES[model_type](config, rngs=nnx.Rngs(seed))
+
+
+def abstract_model(model_type: str, config):
+    """The model with ShapeDtypeStruct leaves: no memory allocated."""
+    return nnx.eval_shape(lambda: build_model(model_type, config))
+
+
+def save_params(directory: Path, params: dict) -> None:
+    """Write a (nested dict) parameter tree with orbax; `directory/params` must not exist."""
+    path = Path(directory).absolute() / PARAMS_DIR
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path, params)
+        checkpointer.wait_until_finished()
+
+
+def restore_params(directory: Path, abstract_params: dict) -> dict:
+    """Read the parameter tree; `abstract_params` leaves are ShapeDtypeStructs with shardings."""
+    path = Path(directory).absolute() / PARAMS_DIR
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no orbax parameter checkpoint")
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(path, abstract_params)
+
+
+def save_pretrained(directory: Path, model, model_type: str, **extra) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_params(directory, nnx.state(model, nnx.Param).to_pure_dict())
+    save_model_config(directory, model_type, model.config, **extra)
+
+
+def load_pretrained(checkpoint_dir, *, mesh: Mesh | None = None, **config_overrides):
+    """(model, config) from a directory written by `save_pretrained` or the converter.
+
+    Parameters are placed per the sharding rules on `mesh` when given, else on the
+    default device. `config_overrides` replace config fields (e.g. dtype="bfloat16");
+    shapes must stay those of the checkpoint.
+    """
+    import dataclasses
+
+    model_type, config, _ = load_model_config(checkpoint_dir)
+    if config_overrides:
+        config = dataclasses.replace(config, **config_overrides)
+    model = abstract_model(model_type, config)
+    state = nnx.state(model, nnx.Param)
+    if mesh is None:
+        device = SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: device, state.to_pure_dict())
+    else:
+        shardings = state_shardings(state, mesh).to_pure_dict()
+    abstract = jax.tree.map(
+        lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), state.to_pure_dict(), shardings
+    )
+    params = restore_params(checkpoint_dir, abstract)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(model, state)
+    return model, config

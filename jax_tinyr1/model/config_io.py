@@ -1,0 +1,44 @@
+"""Config dataclasses <-> JSON, with errors that name the offending key."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from jax_tinyr1.model.qwen2 import Qwen2Config
+
+CONFIG_CLASSES: dict[str, type] = {"qwen2": Qwen2Config}
+CONFIG_FILE = "config.json"
+
+
+def config_from_dict(cls: type, values: dict[str, Any], where: str = "config"):
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}")
+    missing = sorted(f.name for f in dataclasses.fields(cls)
+                     if f.name not in values and f.default is dataclasses.MISSING)
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {missing} for {cls.__name__}")
+    return cls(**values)
+
+
+def save_model_config(directory: Path, model_type: str, config, **extra) -> None:
+    payload = {"model_type": model_type, "config": dataclasses.asdict(config), **extra}
+    (Path(directory) / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def load_model_config(directory: Path) -> tuple[str, Any, dict[str, Any]]:
+    """(model_type, config, extra fields) from a checkpoint directory written by us."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no config.json (not a jax_tinyr1 checkpoint directory?)")
+    payload = json.loads(path.read_text())
+    model_type = payload.get("model_type")
+    if model_type not in CONFIG_CLASSES:
+        raise ValueError(f"{path}: model_type {model_type!r} is not one of {sorted(CONFIG_CLASSES)}")
+    config = config_from_dict(CONFIG_CLASSES[model_type], payload.get("config", {}), f"{path}: config")
+    extra = {k: v for k, v in payload.items() if k not in ("model_type", "config")}
+    return model_type, config, extra

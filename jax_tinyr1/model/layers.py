@@ -1,0 +1,46 @@
+"""Small building blocks shared by the language model, the vision tower and the connector."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dense(x: jax.Array, kernel_io: jax.Array, bias_o: jax.Array | None = None) -> jax.Array:
+    """x @ kernel (+ bias) in x's dtype (the compute dtype); parameters are cast, not x."""
+    y = jnp.einsum("...i,io->...o", x, kernel_io.astype(x.dtype))
+    return y if bias_o is None else y + bias_o.astype(x.dtype)
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """HF Qwen2RMSNorm: statistics in float32, scale applied in the input dtype."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return scale.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+    """torch.nn.LayerNorm (biased variance), statistics in float32."""
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    normed = ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+    return normed * scale.astype(x.dtype) + bias.astype(x.dtype)
+
+
+def causal_attention_mask(q_valid_bt: jax.Array, k_valid_bs: jax.Array, q_offset) -> jax.Array:
+    """Boolean mask [B, 1, T, S]: key j is visible to query i when it holds a real token
+    and j <= i + q_offset (queries occupy slots q_offset .. q_offset + T - 1)."""
+    t, s = q_valid_bt.shape[1], k_valid_bs.shape[1]
+    q_slot = q_offset + jnp.arange(t)[:, None]
+    causal_ts = jnp.arange(s)[None, :] <= q_slot
+    return (causal_ts[None, :, :] & k_valid_bs[:, None, :])[:, None, :, :]
+
+
+def stacked_param(rngs: nnx.Rngs, num_layers: int, shape, axes, init, dtype) -> nnx.Param:
+    """A parameter with a leading `layers` axis: one slice per scanned layer."""
+    value = init(rngs.params(), (num_layers, *shape), dtype)
+    return nnx.Param(value, axes=("layers", *axes))

@@ -1,0 +1,232 @@
+"""Qwen2 / Qwen2.5 decoder-only language model in Flax NNX.
+
+Token embedding -> N x [RMSNorm -> GQA attention (RoPE, q/k/v bias) -> residual,
+RMSNorm -> SwiGLU MLP -> residual] -> RMSNorm -> LM head (tied to the embedding or not).
+
+The N layers are stored stacked (leading `layers` axis) and run with one `lax.scan`, so
+compile time does not grow with depth and HF layer i is index i of every stacked array.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jax_tinyr1.model.layers import (
+    DTYPES,
+    causal_attention_mask,
+    dense,
+    rms_norm,
+    stacked_param,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2Config:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = 32768
+    param_dtype: str = "float32"  # master weights
+    dtype: str = "float32"  # compute
+    remat: bool = False  # rematerialize the layer body in the backward pass
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_kv_heads", "head_dim"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ValueError(f"Qwen2Config.{name} must be a positive int, got {getattr(self, name)!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"Qwen2Config.num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                f"({self.num_kv_heads})"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"Qwen2Config.head_dim must be even for RoPE, got {self.head_dim}")
+        for name in ("param_dtype", "dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"Qwen2Config.{name} must be one of {sorted(DTYPES)}, got {getattr(self, name)!r}")
+
+
+class KVCache(NamedTuple):
+    """Preallocated keys/values of every layer.
+
+    All rows write at the same slot `index`; `valid_bs` marks which slots hold real tokens
+    (padding written by a right-padded prefill stays invalid), so rows of different prompt
+    lengths share one static-shape cache. Positions are explicit per token, not the slot.
+    """
+
+    k_lbskh: jax.Array
+    v_lbskh: jax.Array
+    valid_bs: jax.Array  # bool
+    index: jax.Array  # int32 scalar: next slot to write
+
+    @classmethod
+    def init(cls, config: Qwen2Config, batch: int, max_len: int, dtype=None) -> KVCache:
+        dtype = DTYPES[config.dtype] if dtype is None else dtype
+        shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+        return cls(
+            jnp.zeros(shape, dtype),
+            jnp.zeros(shape, dtype),
+            jnp.zeros((batch, max_len), bool),
+            jnp.zeros((), jnp.int32),
+        )
+
+
+def rope_cos_sin(positions_bt: jax.Array, head_dim: int, theta: float):
+    """cos/sin tables [B, T, head_dim] in float32, HF's rotate-half layout."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs_bth = positions_bt.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs_bth, freqs_bth], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax.Array:
+    half = x_btnh.shape[-1] // 2
+    rotated = jnp.concatenate([-x_btnh[..., half:], x_btnh[..., :half]], axis=-1)
+    cos, sin = cos_bth[:, :, None, :].astype(x_btnh.dtype), sin_bth[:, :, None, :].astype(x_btnh.dtype)
+    return x_btnh * cos + rotated * sin
+
+
+def _layer_body(config: Qwen2Config, p: dict[str, jax.Array], x_btd, cos, sin, mask_b1ts, kv):
+    """One decoder layer. `kv` is None (no cache) or (k_bskh, v_bskh, write_index)."""
+    b, t, _ = x_btd.shape
+    n, k, h = config.num_heads, config.num_kv_heads, config.head_dim
+    dtype = x_btd.dtype
+
+    y = rms_norm(x_btd, p["input_norm"], config.rms_norm_eps)
+    q = (dense(y, p["q_kernel"]) + p["q_bias"].astype(dtype)).reshape(b, t, n, h)
+    key = (dense(y, p["k_kernel"]) + p["k_bias"].astype(dtype)).reshape(b, t, k, h)
+    val = (dense(y, p["v_kernel"]) + p["v_bias"].astype(dtype)).reshape(b, t, k, h)
+    q, key = apply_rope(q, cos, sin), apply_rope(key, cos, sin)
+
+    if kv is not None:
+        k_cache, v_cache, index = kv
+        k_cache = jax.lax.dynamic_update_slice(k_cache, key.astype(k_cache.dtype), (0, index, 0, 0))
+        v_cache = jax.lax.dynamic_update_slice(v_cache, val.astype(v_cache.dtype), (0, index, 0, 0))
+        key, val = k_cache.astype(dtype), v_cache.astype(dtype)
+        new_kv = (k_cache, v_cache)
+    else:
+        new_kv = None
+
+    attn = jax.nn.dot_product_attention(q, key, val, mask=mask_b1ts, scale=h**-0.5)
+    x_btd = x_btd + dense(attn.reshape(b, t, n * h), p["o_kernel"])
+
+    y = rms_norm(x_btd, p["post_attention_norm"], config.rms_norm_eps)
+    gated = jax.nn.silu(dense(y, p["gate_kernel"])) * dense(y, p["up_kernel"])
+    return x_btd + dense(gated, p["down_kernel"]), new_kv
+
+
+class Qwen2ForCausalLM(nnx.Module):
+    def __init__(self, config: Qwen2Config, *, rngs: nnx.Rngs):
+        self.config = config
+        c, pd = config, DTYPES[config.param_dtype]
+        d, L = c.hidden_size, c.num_layers
+        qd, kvd = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        init = nnx.initializers.normal(0.02)
+        ones = nnx.initializers.ones
+        zeros = nnx.initializers.zeros
+
+        self.embed = nnx.Param(init(rngs.params(), (c.vocab_size, d), pd), axes=("vocab", "embed"))
+        # Kernels are [in, out] (HF Linear weights transposed), with a leading layer axis.
+        spec = {
+            "input_norm": ((d,), ("norm",), ones),
+            "q_kernel": ((d, qd), ("embed", "q_heads"), init),
+            "q_bias": ((qd,), ("q_heads",), zeros),
+            "k_kernel": ((d, kvd), ("embed", "kv_heads"), init),
+            "k_bias": ((kvd,), ("kv_heads",), zeros),
+            "v_kernel": ((d, kvd), ("embed", "kv_heads"), init),
+            "v_bias": ((kvd,), ("kv_heads",), zeros),
+            "o_kernel": ((qd, d), ("q_heads", "embed"), init),
+            "post_attention_norm": ((d,), ("norm",), ones),
+            "gate_kernel": ((d, c.intermediate_size), ("embed", "mlp"), init),
+            "up_kernel": ((d, c.intermediate_size), ("embed", "mlp"), init),
+            "down_kernel": ((c.intermediate_size, d), ("mlp", "embed"), init),
+        }
+        self.layers = nnx.Dict(
+            {name: stacked_param(rngs, L, shape, axes, fn, pd) for name, (shape, axes, fn) in spec.items()}
+        )
+        self.final_norm = nnx.Param(ones(rngs.params(), (d,), pd), axes=("norm",))
+        if not c.tie_word_embeddings:
+            self.lm_head = nnx.Param(init(rngs.params(), (d, c.vocab_size), pd), axes=("embed", "vocab"))
+
+    # -- pieces --------------------------------------------------------------------------
+    def embed_tokens(self, input_ids_bt: jax.Array) -> jax.Array:
+        return jnp.take(self.embed[...], input_ids_bt, axis=0).astype(DTYPES[self.config.dtype])
+
+    def logits_from_hidden(self, h_btd: jax.Array) -> jax.Array:
+        """Logits in float32. Callers that need log-probs of a few tokens should chunk."""
+        if self.config.tie_word_embeddings:
+            w_dv = self.embed[...].T
+        else:
+            w_dv = self.lm_head[...]
+        return dense(h_btd, w_dv).astype(jnp.float32)
+
+    def hidden_states(
+        self,
+        input_ids: jax.Array | None = None,
+        attention_mask: jax.Array | None = None,
+        *,
+        inputs_embeds: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """Final-norm hidden states [B, T, D] (and the updated cache when one is given).
+
+        `attention_mask` [B, T] is 1 for real tokens (right padding is 0). `positions`
+        default to 0..T-1 (or cache.index.. when decoding). With a cache, the T new tokens
+        are written at slots [index, index + T) and attend to every valid earlier slot.
+        """
+        c = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        x_btd = inputs_embeds.astype(DTYPES[c.dtype]) if inputs_embeds is not None else self.embed_tokens(input_ids)
+        b, t, _ = x_btd.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), bool)
+        attention_mask = attention_mask.astype(bool)
+        start = jnp.zeros((), jnp.int32) if cache is None else cache.index
+        if positions is None:
+            positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
+        cos, sin = rope_cos_sin(positions, c.head_dim, c.rope_theta)
+
+        if cache is None:
+            mask = causal_attention_mask(attention_mask, attention_mask, 0)
+        else:
+            valid = jax.lax.dynamic_update_slice(cache.valid_bs, attention_mask, (0, start))
+            mask = causal_attention_mask(attention_mask, valid, start)
+
+        def body(x, layer):
+            p, kv = layer
+            kv = None if kv is None else (*kv, start)
+            return _layer_body(c, p, x, cos, sin, mask, kv)
+
+        if c.remat:
+            body = jax.checkpoint(body, prevent_cse=False)
+        params = {name: var[...] for name, var in self.layers.items()}
+        kv_in = None if cache is None else (cache.k_lbskh, cache.v_lbskh)
+        x_btd, kv_out = jax.lax.scan(body, x_btd, (params, kv_in))
+        h_btd = rms_norm(x_btd, self.final_norm[...], c.rms_norm_eps)
+        if cache is None:
+            return h_btd, None
+        return h_btd, KVCache(kv_out[0], kv_out[1], valid, start + t)
+
+    def __call__(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, positions=None,
+                 cache: KVCache | None = None) -> Any:
+        """Logits [B, T, vocab] (float32); with a cache, (logits, updated cache)."""
+        h, new_cache = self.hidden_states(
+            input_ids, attention_mask, inputs_embeds=inputs_embeds, positions=positions, cache=cache
+        )
+        logits = self.logits_from_hidden(h)
+        return logits if cache is None else (logits, new_cache)
