@@ -36,7 +36,7 @@ def read_checkpoint(checkpoint: Path, model_type: str):
         raise ValueError(f"{checkpoint}: holds a {found_type!r} model, not --model-type {model_type!r}")
     from flax import nnx
 
-    state = nnx.state(abstract_model(model_type, config), nnx.Param).to_pure_dict()
+    state = nnx.to_pure_dict(nnx.state(abstract_model(model_type, config), nnx.Param))
     cpu = SingleDeviceSharding(jax.devices("cpu")[0])
     abstract = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=cpu), state)
     return config, extra, flatten(restore_params(checkpoint, abstract))

@@ -35,7 +35,7 @@ def convert(model_type: str, hf_dir: Path, out: Path, *, overwrite: bool = False
         raise FileNotFoundError(f"{config_path}: not found")
     config, passthrough = family.config_from_hf(json.loads(config_path.read_text()), **config_overrides)
 
-    abstract = flatten(nnx.state(abstract_model(model_type, config), nnx.Param).to_pure_dict())
+    abstract = flatten(nnx.to_pure_dict(nnx.state(abstract_model(model_type, config), nnx.Param)))
     reader = SafetensorsReader(hf_dir)
     params = import_params(reader, family.rules(config), abstract,
                            ignored_hf_keys=family.ignored_hf_keys(config))

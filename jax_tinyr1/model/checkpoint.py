@@ -52,7 +52,7 @@ def restore_params(directory: Path, abstract_params: dict) -> dict:
 def save_pretrained(directory: Path, model, model_type: str, **extra) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_params(directory, nnx.state(model, nnx.Param).to_pure_dict())
+    save_params(directory, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     save_model_config(directory, model_type, model.config, **extra)
 
 
@@ -72,11 +72,11 @@ def load_pretrained(checkpoint_dir, *, mesh: Mesh | None = None, **config_overri
     state = nnx.state(model, nnx.Param)
     if mesh is None:
         device = SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: device, state.to_pure_dict())
+        shardings = jax.tree.map(lambda _: device, nnx.to_pure_dict(state))
     else:
-        shardings = state_shardings(state, mesh).to_pure_dict()
+        shardings = state_shardings(state, mesh)
     abstract = jax.tree.map(
-        lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), state.to_pure_dict(), shardings
+        lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), nnx.to_pure_dict(state), shardings
     )
     params = restore_params(checkpoint_dir, abstract)
     nnx.replace_by_pure_dict(state, params)

@@ -64,28 +64,24 @@ def logical_to_spec(axes: tuple[str | None, ...], shape: tuple[int, ...], mesh: 
     return PartitionSpec(*spec)
 
 
-def state_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:
-    """A state-shaped tree of NamedShardings, from each variable's `axes` metadata."""
-
-    def one(var):
-        axes = var.get_metadata().get("axes")
-        shape = var[...].shape
-        if axes is None:
-            axes = (None,) * len(shape)
-        return NamedSharding(mesh, logical_to_spec(tuple(axes), tuple(shape), mesh))
-
-    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+def state_shardings(state: nnx.State, mesh: Mesh) -> dict:
+    """A nested dict (the shape of `nnx.to_pure_dict(state)`) of NamedShardings, from each
+    variable's `axes` metadata."""
+    out: dict = {}
+    for path, var in nnx.to_flat_state(state):
+        shape = tuple(var[...].shape)
+        axes = var.get_metadata().get("axes") or (None,) * len(shape)
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = NamedSharding(mesh, logical_to_spec(tuple(axes), shape, mesh))
+    return out
 
 
 def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
     """Place every parameter of `model` per the rules table (in place); returns the model."""
-    state = nnx.state(model)
-    shardings = state_shardings(state, mesh)
-    placed = jax.tree.map(
-        lambda v, s: jax.device_put(v[...], s),
-        state,
-        shardings,
-        is_leaf=lambda x: isinstance(x, nnx.Variable),
-    )
-    nnx.update(model, placed)
+    state = nnx.state(model, nnx.Param)
+    placed = jax.tree.map(jax.device_put, nnx.to_pure_dict(state), state_shardings(state, mesh))
+    nnx.replace_by_pure_dict(state, placed)
+    nnx.update(model, state)
     return model
