@@ -116,7 +116,7 @@ def import_params(
     if missing:
         raise CheckpointError(f"checkpoint is missing tensor(s): {missing[:10]}"
                               + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
-    unexpected = sorted(k for k in reader.keys() if k not in expected and k not in ignored)
+    unexpected = sorted(k for k in reader if k not in expected and k not in ignored)
     if unexpected:
         raise CheckpointError(f"checkpoint has unexpected tensor(s): {unexpected[:10]}"
                               + (f" and {len(unexpected) - 10} more" if len(unexpected) > 10 else ""))

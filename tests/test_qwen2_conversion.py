@@ -130,7 +130,7 @@ def test_load_pretrained_api(tmp_path):
     model, config = load_pretrained(tmp_path / "fx")
     assert config.num_layers == 2 and config.vocab_size == 256
     assert model(np.zeros((3, 5), np.int32)).shape == (3, 5, 256)
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         load_pretrained(tmp_path)
 
 

@@ -167,10 +167,7 @@ class Qwen2ForCausalLM(nnx.Module):
 
     def logits_from_hidden(self, h_btd: jax.Array) -> jax.Array:
         """Logits in float32. Callers that need log-probs of a few tokens should chunk."""
-        if self.config.tie_word_embeddings:
-            w_dv = self.embed[...].T
-        else:
-            w_dv = self.lm_head[...]
+        w_dv = self.embed[...].T if self.config.tie_word_embeddings else self.lm_head[...]
         return dense(h_btd, w_dv).astype(jnp.float32)
 
     def hidden_states(
