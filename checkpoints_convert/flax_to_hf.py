@@ -1,10 +1,12 @@
 """Our orbax checkpoint directory -> HF directory (config.json + model.safetensors).
 
-    python -m checkpoints_convert.flax_to_hf --model-type qwen2 --checkpoint DIR --out HF_DIR \
-        [--dtype float32|bfloat16]
+    python -m checkpoints_convert.flax_to_hf --model-type qwen2|siglip|tinyllava --checkpoint DIR \
+        --out HF_DIR [--dtype float32|bfloat16] [--component llm|vision]
 
-The output loads with `transformers` (`Qwen2ForCausalLM.from_pretrained`). Tensors are
-converted and written one at a time.
+qwen2 output loads in `transformers.Qwen2ForCausalLM`, siglip in `SiglipVisionModel`,
+tinyllava is the original combined layout; `--component llm|vision` exports only the
+language model or the vision tower of a tinyllava checkpoint as a plain HF directory.
+Tensors are converted and written one at a time.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import jax
 import ml_dtypes
 import numpy as np
+from flax import nnx
 from jax.sharding import SingleDeviceSharding
 
 from checkpoints_convert.families import get_family
@@ -27,6 +30,8 @@ from jax_tinyr1.model.config_io import load_model_config
 
 NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
              "float16": np.dtype(np.float16)}
+# --component of a tinyllava checkpoint: (family, sub-config attribute, parameter prefix)
+COMPONENTS = {"llm": ("qwen2", "llm", "llm/"), "vision": ("siglip", "vision", "vision/")}
 
 
 def read_checkpoint(checkpoint: Path, model_type: str):
@@ -34,8 +39,6 @@ def read_checkpoint(checkpoint: Path, model_type: str):
     found_type, config, extra = load_model_config(checkpoint)
     if found_type != model_type:
         raise ValueError(f"{checkpoint}: holds a {found_type!r} model, not --model-type {model_type!r}")
-    from flax import nnx
-
     state = nnx.to_pure_dict(nnx.state(abstract_model(model_type, config), nnx.Param))
     cpu = SingleDeviceSharding(jax.devices("cpu")[0])
     abstract = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=cpu), state)
@@ -48,12 +51,21 @@ def write_hf_dir(out: Path, rules, params: dict, hf_config: dict, dtype: str) ->
     (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
 
 
-def convert(model_type: str, checkpoint: Path, out: Path, *, dtype: str | None = None) -> None:
-    family = get_family(model_type)
+def convert(model_type: str, checkpoint: Path, out: Path, *, dtype: str | None = None,
+            component: str | None = None) -> None:
     config, extra, params = read_checkpoint(Path(checkpoint), model_type)
     dtype = dtype or extra.get("hf_dtype", "float32")
-    hf_config = family.config_to_hf(config, dtype, extra.get("hf_passthrough", {}))
-    write_hf_dir(Path(out), family.rules(config), params, hf_config, dtype)
+    passthrough = extra.get("hf_passthrough", {})
+    if component is not None:
+        if model_type != "tinyllava":
+            raise ValueError("--component applies to --model-type tinyllava only")
+        model_type, attribute, prefix = COMPONENTS[component]
+        config = getattr(config, attribute)
+        params = {path[len(prefix):]: v for path, v in params.items() if path.startswith(prefix)}
+        passthrough = passthrough.get("text_passthrough", {}) if component == "llm" else {}
+    family = get_family(model_type)
+    rules = family.rules_with_prefix(config, family.hf_prefixes[0])
+    write_hf_dir(Path(out), rules, params, family.config_to_hf(config, dtype, passthrough), dtype)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--dtype", choices=sorted(NP_DTYPES), default=None,
                         help="tensor dtype in the file (default: the dtype the checkpoint was imported from)")
+    parser.add_argument("--component", choices=sorted(COMPONENTS), default=None,
+                        help="tinyllava only: export just the language model or the vision tower")
     args = parser.parse_args(argv)
-    convert(args.model_type, args.checkpoint, args.out, dtype=args.dtype)
+    convert(args.model_type, args.checkpoint, args.out, dtype=args.dtype, component=args.component)
     print(f"wrote {args.out}")
     return 0
 

@@ -37,8 +37,9 @@ def convert(model_type: str, hf_dir: Path, out: Path, *, overwrite: bool = False
 
     abstract = flatten(nnx.to_pure_dict(nnx.state(abstract_model(model_type, config), nnx.Param)))
     reader = SafetensorsReader(hf_dir)
-    params = import_params(reader, family.rules(config), abstract,
-                           ignored_hf_keys=family.ignored_hf_keys(config))
+    prefix = family.detect_prefix(config, reader, hf_dir)
+    params = import_params(reader, family.rules_with_prefix(config, prefix), abstract,
+                           ignored_hf_keys=[prefix + k for k in family.ignored_hf_keys(config)])
     # The dtype most tensors had, so that an export defaults to the file's own precision.
     counts = Counter(DTYPE_NAMES[t.dtype] for t in reader.tensors.values())
     hf_dtype = HF_DTYPE_NAMES.get(counts.most_common(1)[0][0], "float32")

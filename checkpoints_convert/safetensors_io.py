@@ -93,6 +93,9 @@ class SafetensorsReader:
     def keys(self) -> list[str]:
         return list(self.tensors)
 
+    def __iter__(self):
+        return iter(self.tensors)
+
     def __contains__(self, key: str) -> bool:
         return key in self.tensors
 

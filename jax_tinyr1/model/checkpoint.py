@@ -17,8 +17,10 @@ from jax.sharding import Mesh, SingleDeviceSharding
 from jax_tinyr1.model.config_io import load_model_config, save_model_config
 from jax_tinyr1.model.qwen2 import Qwen2ForCausalLM
 from jax_tinyr1.model.sharding import state_shardings
+from jax_tinyr1.model.siglip import SiglipVisionModel
+from jax_tinyr1.model.tinyllava import TinyLlavaVideo
 
-MODEL_CLASSES = {"qwen2": Qwen2ForCausalLM}
+MODEL_CLASSES = {"qwen2": Qwen2ForCausalLM, "siglip": SiglipVisionModel, "tinyllava": TinyLlavaVideo}
 PARAMS_DIR = "params"
 
 

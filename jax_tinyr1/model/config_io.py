@@ -7,9 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from jax_tinyr1.model.qwen2 import Qwen2Config
+import typing
 
-CONFIG_CLASSES: dict[str, type] = {"qwen2": Qwen2Config}
+from jax_tinyr1.model.qwen2 import Qwen2Config
+from jax_tinyr1.model.siglip import SiglipConfig
+from jax_tinyr1.model.tinyllava import TinyLlavaConfig
+
+CONFIG_CLASSES: dict[str, type] = {"qwen2": Qwen2Config, "siglip": SiglipConfig, "tinyllava": TinyLlavaConfig}
 CONFIG_FILE = "config.json"
 
 
@@ -22,6 +26,11 @@ def config_from_dict(cls: type, values: dict[str, Any], where: str = "config"):
                      if f.name not in values and f.default is dataclasses.MISSING)
     if missing:
         raise ValueError(f"{where}: missing key(s) {missing} for {cls.__name__}")
+    hints = typing.get_type_hints(cls)
+    values = dict(values)
+    for name, value in values.items():  # nested config dataclasses come as dicts
+        if dataclasses.is_dataclass(hints.get(name)) and isinstance(value, dict):
+            values[name] = config_from_dict(hints[name], value, f"{where}.{name}")
     return cls(**values)
 
 

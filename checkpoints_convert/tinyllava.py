@@ -1,0 +1,107 @@
+"""TinyLLaVA-Video's combined checkpoint (the original PyTorch layout) <-> ours."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from checkpoints_convert.mapping import LINEAR, Rule, prefixed
+from checkpoints_convert.qwen2 import qwen2_config_from_hf, qwen2_config_to_hf, qwen2_ignored_keys, qwen2_rules
+from checkpoints_convert.siglip import siglip_config_from_hf, siglip_config_to_hf, siglip_rules
+from jax_tinyr1.model.connector import ConnectorConfig
+from jax_tinyr1.model.tinyllava import IGNORE_INDEX, IMAGE_TOKEN_INDEX, TinyLlavaConfig
+
+LLM_PREFIX = ("language_model.", "llm/")
+VISION_PREFIX = ("vision_tower._vision_tower.vision_model.", "vision/")
+CONNECTOR_PREFIX = ("connector._connector.", "connector/")
+
+_L = "layers.{i}."
+CONNECTOR_RULES = [
+    Rule("latents", "latents"),
+    Rule("linear.weight", "linear_kernel", LINEAR),
+    Rule("linear.bias", "linear_bias"),
+    Rule(_L + "0.norm_media.weight", "layers/norm_media_scale"),
+    Rule(_L + "0.norm_media.bias", "layers/norm_media_bias"),
+    Rule(_L + "0.norm_latents.weight", "layers/norm_latents_scale"),
+    Rule(_L + "0.norm_latents.bias", "layers/norm_latents_bias"),
+    Rule(_L + "0.to_q.weight", "layers/to_q", LINEAR),
+    # One [2 * inner, D] matrix: its first `inner` outputs are the keys, the rest the values.
+    Rule(_L + "0.to_kv.weight", "layers/to_kv", LINEAR),
+    Rule(_L + "0.to_out.weight", "layers/to_out", LINEAR),
+    Rule(_L + "1.0.weight", "layers/ff_norm_scale"),
+    Rule(_L + "1.0.bias", "layers/ff_norm_bias"),
+    Rule(_L + "1.1.weight", "layers/ff_in", LINEAR),
+    Rule(_L + "1.3.weight", "layers/ff_out", LINEAR),
+    Rule("norm.weight", "norm_scale"),
+    Rule("norm.bias", "norm_bias"),
+]
+
+
+def tinyllava_rules(config: TinyLlavaConfig) -> list[Rule]:
+    return (prefixed(qwen2_rules(config.llm), *LLM_PREFIX)
+            + prefixed(siglip_rules(config.vision, hf_prefix=""), *VISION_PREFIX)
+            + prefixed(CONNECTOR_RULES, *CONNECTOR_PREFIX))
+
+
+def tinyllava_ignored_keys(config: TinyLlavaConfig) -> list[str]:
+    return [LLM_PREFIX[0] + k for k in qwen2_ignored_keys(config.llm)]
+
+
+# Fields that config_to_hf regenerates; everything else in an imported config.json is kept.
+_GENERATED = ("architectures", "model_type", "connector_type", "group", "num_queries", "num_resampler_layers",
+              "hidden_size", "image_token_index", "ignore_index", "text_config", "vision_config",
+              "vision_feature_layer", "vision_feature_select_strategy", "vision_hidden_size", "num_frames", "dtype")
+
+
+def tinyllava_config_from_hf(hf: dict[str, Any], **overrides) -> tuple[TinyLlavaConfig, dict[str, Any]]:
+    if hf.get("connector_type", "groupresampler") != "groupresampler":
+        raise ValueError(f"config.json: connector_type {hf['connector_type']!r} is not supported (groupresampler)")
+    strategy = hf.get("vision_feature_select_strategy", "patch")
+    if strategy not in ("patch", "cls_patch"):
+        raise ValueError(f"config.json: vision_feature_select_strategy {strategy!r} is not supported")
+    for key in ("text_config", "vision_config"):
+        if not isinstance(hf.get(key), dict):
+            raise ValueError(f"config.json: missing key {key!r} (a dict)")
+    llm, text_passthrough = qwen2_config_from_hf(hf["text_config"], **overrides)
+    vision, _ = siglip_config_from_hf(hf["vision_config"], select_layer=int(hf.get("vision_feature_layer", -2)),
+                                      drop_first_patch=strategy == "patch", **overrides)
+    try:
+        connector = ConnectorConfig(
+            vision_hidden_size=hf.get("vision_hidden_size", vision.hidden_size),
+            hidden_size=hf.get("hidden_size", llm.hidden_size),
+            num_queries=hf["num_queries"],
+            groups=hf["group"],
+            num_layers=hf["num_resampler_layers"],
+            **overrides,
+        )
+    except KeyError as e:
+        raise ValueError(f"config.json: missing key {e.args[0]!r}") from None
+    config = TinyLlavaConfig(llm=llm, vision=vision, connector=connector, num_frames=hf.get("num_frames", 16),
+                             image_token_index=hf.get("image_token_index", IMAGE_TOKEN_INDEX))
+    passthrough = {k: v for k, v in hf.items() if k not in _GENERATED}
+    passthrough["text_passthrough"] = text_passthrough
+    return config, passthrough
+
+
+def tinyllava_config_to_hf(config: TinyLlavaConfig, dtype: str, passthrough: dict[str, Any]) -> dict[str, Any]:
+    rest = {k: v for k, v in passthrough.items() if k != "text_passthrough"}
+    return {
+        "tokenizer_model_max_length": 3072,
+        "tokenizer_padding_side": "right",
+        **rest,
+        "architectures": ["TinyLlavaForConditionalGeneration"],
+        "model_type": "tinyllava",
+        "connector_type": "groupresampler",
+        "group": config.connector.groups,
+        "num_queries": config.connector.num_queries,
+        "num_resampler_layers": config.connector.num_layers,
+        "hidden_size": config.llm.hidden_size,
+        "image_token_index": config.image_token_index,
+        "ignore_index": IGNORE_INDEX,
+        "text_config": qwen2_config_to_hf(config.llm, dtype, passthrough.get("text_passthrough", {})),
+        "vision_config": siglip_config_to_hf(config.vision, dtype, {}),
+        "vision_feature_layer": config.vision.select_layer,
+        "vision_feature_select_strategy": "patch" if config.vision.drop_first_patch else "cls_patch",
+        "vision_hidden_size": config.vision.hidden_size,
+        "num_frames": config.num_frames,
+        "dtype": dtype,
+    }

@@ -1,0 +1,109 @@
+"""TinyLLaVA-Video: frames -> SigLIP -> group resampler -> visual tokens spliced into the
+prompt at the image placeholder -> Qwen2.
+
+Positions are a plain 0..N-1 range over the spliced sequence. The visual embeddings of a
+video are computed once (`encode_video`) and can be reused for every completion sampled
+from that prompt (`visual_embeds=`), which GRPO relies on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jax_tinyr1.model.connector import ConnectorConfig, GroupResampler
+from jax_tinyr1.model.qwen2 import KVCache, Qwen2Config, Qwen2ForCausalLM
+from jax_tinyr1.model.siglip import SiglipConfig, SiglipVisionModel
+
+IMAGE_TOKEN_INDEX = -200
+IGNORE_INDEX = -100
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyLlavaConfig:
+    llm: Qwen2Config
+    vision: SiglipConfig
+    connector: ConnectorConfig
+    num_frames: int = 16
+    image_token_index: int = IMAGE_TOKEN_INDEX
+    train_vision: bool = False  # the paper keeps the vision tower frozen in every stage
+
+    def __post_init__(self):
+        if self.connector.vision_hidden_size != self.vision.hidden_size:
+            raise ValueError(f"connector.vision_hidden_size {self.connector.vision_hidden_size} != "
+                             f"vision.hidden_size {self.vision.hidden_size}")
+        if self.connector.hidden_size != self.llm.hidden_size:
+            raise ValueError(f"connector.hidden_size {self.connector.hidden_size} != llm.hidden_size "
+                             f"{self.llm.hidden_size}")
+        if self.num_frames <= 0:
+            raise ValueError(f"num_frames must be positive, got {self.num_frames}")
+
+    @property
+    def num_visual_tokens(self) -> int:
+        return self.connector.num_queries
+
+
+def splice_positions(input_ids_bt: jax.Array, num_visual: int, image_token_index: int = IMAGE_TOKEN_INDEX):
+    """For the spliced sequence of length T - 1 + V: which output slots are visual, and for
+    each slot the source index into the text (or into the visual block). Every row holds
+    exactly one placeholder (the template guarantees it)."""
+    b, t = input_ids_bt.shape
+    p_b1 = jnp.argmax(input_ids_bt == image_token_index, axis=1)[:, None]
+    j = jnp.arange(t - 1 + num_visual)[None, :]
+    is_visual = (j >= p_b1) & (j < p_b1 + num_visual)
+    text_index = jnp.where(j < p_b1, j, j - num_visual + 1)
+    return is_visual, jnp.clip(text_index, 0, t - 1), jnp.clip(j - p_b1, 0, num_visual - 1)
+
+
+def splice_tokens(values_bt: jax.Array, input_ids_bt: jax.Array, num_visual: int, fill: int,
+                  image_token_index: int = IMAGE_TOKEN_INDEX) -> jax.Array:
+    """Integer per-token arrays (labels, masks) laid out like the spliced sequence; visual
+    slots get `fill`."""
+    is_visual, text_index, _ = splice_positions(input_ids_bt, num_visual, image_token_index)
+    return jnp.where(is_visual, fill, jnp.take_along_axis(values_bt, text_index, axis=1))
+
+
+class TinyLlavaVideo(nnx.Module):
+    def __init__(self, config: TinyLlavaConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.vision = SiglipVisionModel(config.vision, rngs=rngs)
+        self.connector = GroupResampler(config.connector, rngs=rngs)
+        self.llm = Qwen2ForCausalLM(config.llm, rngs=rngs)
+
+    def encode_video(self, pixels_bfhwc: jax.Array) -> jax.Array:
+        """Preprocessed frames [B, F, H, W, 3] -> visual embeddings [B, num_queries, D]."""
+        b, f = pixels_bfhwc.shape[:2]
+        features = self.vision(pixels_bfhwc.reshape(b * f, *pixels_bfhwc.shape[2:]))
+        if not self.config.train_vision:
+            features = jax.lax.stop_gradient(features)
+        return self.connector(features.reshape(b, f * features.shape[1], features.shape[2]))
+
+    def embed_inputs(self, input_ids_bt: jax.Array, attention_mask_bt: jax.Array | None, visual_bvd: jax.Array):
+        """(input embeddings [B, T-1+V, D], attention mask) with the visual block spliced in."""
+        v = visual_bvd.shape[1]
+        if attention_mask_bt is None:
+            attention_mask_bt = jnp.ones(input_ids_bt.shape, jnp.int32)
+        is_visual, text_index, visual_index = splice_positions(input_ids_bt, v, self.config.image_token_index)
+        safe_ids = jnp.where(input_ids_bt == self.config.image_token_index, 0, input_ids_bt)
+        text = self.llm.embed_tokens(jnp.take_along_axis(safe_ids, text_index, axis=1))
+        visual = jnp.take_along_axis(visual_bvd.astype(text.dtype), visual_index[..., None], axis=1)
+        embeds = jnp.where(is_visual[..., None], visual, text)
+        mask = jnp.where(is_visual, 1, jnp.take_along_axis(attention_mask_bt.astype(jnp.int32), text_index, axis=1))
+        return embeds, mask
+
+    def hidden_states(self, input_ids, attention_mask=None, *, pixels=None, visual_embeds=None,
+                      cache: KVCache | None = None):
+        if (pixels is None) == (visual_embeds is None):
+            raise ValueError("pass exactly one of pixels and visual_embeds")
+        visual = self.encode_video(pixels) if visual_embeds is None else visual_embeds
+        embeds, mask = self.embed_inputs(input_ids, attention_mask, visual)
+        h, cache = self.llm.hidden_states(inputs_embeds=embeds, attention_mask=mask, cache=cache)
+        return h, mask, cache
+
+    def __call__(self, input_ids, attention_mask=None, *, pixels=None, visual_embeds=None):
+        """Logits [B, T-1+V, vocab] over the spliced sequence (text with one placeholder)."""
+        h, _, _ = self.hidden_states(input_ids, attention_mask, pixels=pixels, visual_embeds=visual_embeds)
+        return self.llm.logits_from_hidden(h)
