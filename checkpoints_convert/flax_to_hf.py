@@ -53,12 +53,12 @@ def write_hf_dir(out: Path, rules, params: dict, hf_config: dict, dtype: str) ->
 
 def convert(model_type: str, checkpoint: Path, out: Path, *, dtype: str | None = None,
             component: str | None = None) -> None:
+    if component is not None and model_type != "tinyllava":
+        raise ValueError("--component applies to --model-type tinyllava only")
     config, extra, params = read_checkpoint(Path(checkpoint), model_type)
     dtype = dtype or extra.get("hf_dtype", "float32")
     passthrough = extra.get("hf_passthrough", {})
     if component is not None:
-        if model_type != "tinyllava":
-            raise ValueError("--component applies to --model-type tinyllava only")
         model_type, attribute, prefix = COMPONENTS[component]
         config = getattr(config, attribute)
         params = {path[len(prefix):]: v for path, v in params.items() if path.startswith(prefix)}

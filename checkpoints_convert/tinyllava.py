@@ -49,7 +49,8 @@ def tinyllava_ignored_keys(config: TinyLlavaConfig) -> list[str]:
 # Fields that config_to_hf regenerates; everything else in an imported config.json is kept.
 _GENERATED = ("architectures", "model_type", "connector_type", "group", "num_queries", "num_resampler_layers",
               "hidden_size", "image_token_index", "ignore_index", "text_config", "vision_config",
-              "vision_feature_layer", "vision_feature_select_strategy", "vision_hidden_size", "num_frames", "dtype")
+              "vision_feature_layer", "vision_feature_select_strategy", "vision_hidden_size", "num_frames", "dtype",
+              "resampler_heads", "resampler_dim_head")
 
 
 def tinyllava_config_from_hf(hf: dict[str, Any], **overrides) -> tuple[TinyLlavaConfig, dict[str, Any]]:
@@ -71,6 +72,9 @@ def tinyllava_config_from_hf(hf: dict[str, Any], **overrides) -> tuple[TinyLlava
             num_queries=hf["num_queries"],
             groups=hf["group"],
             num_layers=hf["num_resampler_layers"],
+            # The original hard-codes 8 heads of 64; these two keys are ours, for other sizes.
+            heads=hf.get("resampler_heads", 8),
+            dim_head=hf.get("resampler_dim_head", 64),
             **overrides,
         )
     except KeyError as e:
@@ -104,4 +108,6 @@ def tinyllava_config_to_hf(config: TinyLlavaConfig, dtype: str, passthrough: dic
         "vision_hidden_size": config.vision.hidden_size,
         "num_frames": config.num_frames,
         "dtype": dtype,
+        **({} if (config.connector.heads, config.connector.dim_head) == (8, 64) else
+           {"resampler_heads": config.connector.heads, "resampler_dim_head": config.connector.dim_head}),
     }

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from pathlib import Path
 from typing import Any
-
-import typing
 
 from jax_tinyr1.model.qwen2 import Qwen2Config
 from jax_tinyr1.model.siglip import SiglipConfig

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from jax_tinyr1.model.layers import DTYPES, dense, layer_norm, stacked_param

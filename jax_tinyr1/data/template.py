@@ -1,0 +1,76 @@
+"""The `qwen2_base` conversation template of TinyLLaVA-Video, and prompt tokenization.
+
+    system:     "A chat between ... questions. "
+    user:       "USER: {question} "
+    assistant:  "ASSISTANT: {answer}<|endoftext|>"   (a generation prompt ends "ASSISTANT:")
+
+A question's `<image>` is removed, the question stripped and prefixed with "<image>\\n". The
+prompt is tokenized in pieces split on `<image>`, joined by the placeholder id (-200) that
+the model replaces with the visual embeddings. Qwen has no BOS token, so nothing is
+prepended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jax_tinyr1.model.tinyllava import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+IMAGE_TOKEN = "<image>"
+EOS_TOKEN = "<|endoftext|>"
+SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+          "detailed, and polite answers to the user's questions. ")
+REASONING_SUFFIX = (" Output the thinking process in <think> </think> and final answer (option) in "
+                    "<answer> </answer> tags.")
+
+
+def grpo_question(problem: str) -> str:
+    """The question the paper's GRPO stage asks: the problem plus the format instruction."""
+    return problem + REASONING_SUFFIX
+
+
+def format_question(question: str) -> str:
+    question = question.replace(IMAGE_TOKEN, "").strip()
+    return f"{IMAGE_TOKEN}\n{question}".strip()
+
+
+def render_prompt(question: str) -> str:
+    """The generation prompt for one question (one user turn)."""
+    return f"{SYSTEM}USER: {format_question(question)} ASSISTANT:"
+
+
+def tokenize_with_image(tokenizer, text: str) -> list[int]:
+    """Token ids of `text` with each `<image>` replaced by the placeholder id."""
+    pieces = [tokenizer(piece, add_special_tokens=False)["input_ids"] for piece in text.split(IMAGE_TOKEN)]
+    ids = list(pieces[0])
+    for piece in pieces[1:]:
+        ids += [IMAGE_TOKEN_INDEX, *piece]
+    return ids
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX where not supervised
+
+
+def prompt_ids(tokenizer, question: str) -> list[int]:
+    ids = tokenize_with_image(tokenizer, render_prompt(question))
+    if ids.count(IMAGE_TOKEN_INDEX) != 1:
+        raise ValueError(f"a prompt must hold exactly one {IMAGE_TOKEN}, got {ids.count(IMAGE_TOKEN_INDEX)}")
+    return ids
+
+
+def sft_example(tokenizer, question: str, answer: str) -> Example:
+    """Prompt + " {answer}<|endoftext|>"; only the response and the end token are supervised
+    (the original masks the tokens of everything up to and including "ASSISTANT:")."""
+    prompt = prompt_ids(tokenizer, question)
+    response = tokenizer(" " + answer, add_special_tokens=False)["input_ids"] + [eos_id(tokenizer)]
+    return Example(prompt + response, [IGNORE_INDEX] * len(prompt) + response)
+
+
+def eos_id(tokenizer) -> int:
+    token = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
+    if token is None or token == tokenizer.unk_token_id:
+        raise ValueError(f"the tokenizer has no {EOS_TOKEN} token")
+    return int(token)
