@@ -32,12 +32,20 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "qwen2": Family(qwen2.qwen2_rules, qwen2.qwen2_ignored_keys, qwen2.qwen2_config_from_hf,
-                    qwen2.qwen2_config_to_hf),
-    "siglip": Family(lambda c: siglip.siglip_rules(c, hf_prefix=""), lambda c: [], siglip.siglip_config_from_hf,
-                     siglip.siglip_config_to_hf, hf_prefixes=siglip.HF_PREFIXES),
-    "tinyllava": Family(tinyllava.tinyllava_rules, tinyllava.tinyllava_ignored_keys,
-                        tinyllava.tinyllava_config_from_hf, tinyllava.tinyllava_config_to_hf),
+    "qwen2": Family(qwen2.qwen2_rules, qwen2.qwen2_ignored_keys, qwen2.qwen2_config_from_hf, qwen2.qwen2_config_to_hf),
+    "siglip": Family(
+        lambda c: siglip.siglip_rules(c, hf_prefix=""),
+        lambda c: [],
+        siglip.siglip_config_from_hf,
+        siglip.siglip_config_to_hf,
+        hf_prefixes=siglip.HF_PREFIXES,
+    ),
+    "tinyllava": Family(
+        tinyllava.tinyllava_rules,
+        tinyllava.tinyllava_ignored_keys,
+        tinyllava.tinyllava_config_from_hf,
+        tinyllava.tinyllava_config_to_hf,
+    ),
 }
 
 

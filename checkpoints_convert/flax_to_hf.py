@@ -28,8 +28,7 @@ from checkpoints_convert.safetensors_io import SINGLE_FILE, write_safetensors
 from jax_tinyr1.model.checkpoint import abstract_model, restore_params
 from jax_tinyr1.model.config_io import load_model_config
 
-NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
-             "float16": np.dtype(np.float16)}
+NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16)}
 # --component of a tinyllava checkpoint: (family, sub-config attribute, parameter prefix)
 COMPONENTS = {"llm": ("qwen2", "llm", "llm/"), "vision": ("siglip", "vision", "vision/")}
 
@@ -51,8 +50,9 @@ def write_hf_dir(out: Path, rules, params: dict, hf_config: dict, dtype: str) ->
     (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
 
 
-def convert(model_type: str, checkpoint: Path, out: Path, *, dtype: str | None = None,
-            component: str | None = None) -> None:
+def convert(
+    model_type: str, checkpoint: Path, out: Path, *, dtype: str | None = None, component: str | None = None
+) -> None:
     if component is not None and model_type != "tinyllava":
         raise ValueError("--component applies to --model-type tinyllava only")
     config, extra, params = read_checkpoint(Path(checkpoint), model_type)
@@ -61,7 +61,7 @@ def convert(model_type: str, checkpoint: Path, out: Path, *, dtype: str | None =
     if component is not None:
         model_type, attribute, prefix = COMPONENTS[component]
         config = getattr(config, attribute)
-        params = {path[len(prefix):]: v for path, v in params.items() if path.startswith(prefix)}
+        params = {path[len(prefix) :]: v for path, v in params.items() if path.startswith(prefix)}
         passthrough = passthrough.get("text_passthrough", {}) if component == "llm" else {}
     family = get_family(model_type)
     rules = family.rules_with_prefix(config, family.hf_prefixes[0])
@@ -73,10 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-type", required=True)
     parser.add_argument("--checkpoint", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--dtype", choices=sorted(NP_DTYPES), default=None,
-                        help="tensor dtype in the file (default: the dtype the checkpoint was imported from)")
-    parser.add_argument("--component", choices=sorted(COMPONENTS), default=None,
-                        help="tinyllava only: export just the language model or the vision tower")
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(NP_DTYPES),
+        default=None,
+        help="tensor dtype in the file (default: the dtype the checkpoint was imported from)",
+    )
+    parser.add_argument(
+        "--component",
+        choices=sorted(COMPONENTS),
+        default=None,
+        help="tinyllava only: export just the language model or the vision tower",
+    )
     args = parser.parse_args(argv)
     convert(args.model_type, args.checkpoint, args.out, dtype=args.dtype, component=args.component)
     print(f"wrote {args.out}")

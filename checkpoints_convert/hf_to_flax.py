@@ -38,8 +38,12 @@ def convert(model_type: str, hf_dir: Path, out: Path, *, overwrite: bool = False
     abstract = flatten(nnx.to_pure_dict(nnx.state(abstract_model(model_type, config), nnx.Param)))
     reader = SafetensorsReader(hf_dir)
     prefix = family.detect_prefix(config, reader, hf_dir)
-    params = import_params(reader, family.rules_with_prefix(config, prefix), abstract,
-                           ignored_hf_keys=[prefix + k for k in family.ignored_hf_keys(config)])
+    params = import_params(
+        reader,
+        family.rules_with_prefix(config, prefix),
+        abstract,
+        ignored_hf_keys=[prefix + k for k in family.ignored_hf_keys(config)],
+    )
     # The dtype most tensors had, so that an export defaults to the file's own precision.
     counts = Counter(DTYPE_NAMES[t.dtype] for t in reader.tensors.values())
     hf_dtype = HF_DTYPE_NAMES.get(counts.most_common(1)[0][0], "float32")
@@ -59,12 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-type", required=True)
     parser.add_argument("--hf-dir", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"],
-                        help="dtype of the stored (master) parameters")
+    parser.add_argument(
+        "--param-dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="dtype of the stored (master) parameters",
+    )
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    config = convert(args.model_type, args.hf_dir, args.out, overwrite=args.overwrite,
-                     param_dtype=args.param_dtype)
+    config = convert(args.model_type, args.hf_dir, args.out, overwrite=args.overwrite, param_dtype=args.param_dtype)
     print(f"wrote {args.out} ({args.model_type}, {type(config).__name__})")
     return 0
 

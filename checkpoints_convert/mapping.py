@@ -114,12 +114,16 @@ def import_params(
     ignored = set(ignored_hf_keys)
     missing = sorted(k for k in expected if k not in reader)
     if missing:
-        raise CheckpointError(f"checkpoint is missing tensor(s): {missing[:10]}"
-                              + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
+        raise CheckpointError(
+            f"checkpoint is missing tensor(s): {missing[:10]}"
+            + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        )
     unexpected = sorted(k for k in reader if k not in expected and k not in ignored)
     if unexpected:
-        raise CheckpointError(f"checkpoint has unexpected tensor(s): {unexpected[:10]}"
-                              + (f" and {len(unexpected) - 10} more" if len(unexpected) > 10 else ""))
+        raise CheckpointError(
+            f"checkpoint has unexpected tensor(s): {unexpected[:10]}"
+            + (f" and {len(unexpected) - 10} more" if len(unexpected) > 10 else "")
+        )
     for key, (_, _, hf_shape) in expected.items():
         found = reader.tensors[key].shape
         if tuple(found) != tuple(hf_shape):
@@ -148,5 +152,4 @@ def export_params(params: dict[str, object], rules: list[Rule], dtype) -> list[T
 
         return produce
 
-    return [TensorToWrite(key, shape, dtype, producer(rule, layer))
-            for key, (rule, layer, shape) in expected.items()]
+    return [TensorToWrite(key, shape, dtype, producer(rule, layer)) for key, (rule, layer, shape) in expected.items()]

@@ -65,8 +65,7 @@ def _read_header(path: Path) -> dict[str, TensorInfo]:
         if meta["dtype"] not in SAFETENSORS_DTYPES:
             raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {meta['dtype']}")
         begin, end = meta["data_offsets"]
-        out[key] = TensorInfo(path, SAFETENSORS_DTYPES[meta["dtype"]], tuple(meta["shape"]),
-                              base + begin, base + end)
+        out[key] = TensorInfo(path, SAFETENSORS_DTYPES[meta["dtype"]], tuple(meta["shape"]), base + begin, base + end)
     return out
 
 
@@ -107,8 +106,9 @@ class SafetensorsReader:
         count = int(np.prod(info.shape, dtype=np.int64))
         if info.end - info.start != count * info.dtype.itemsize:
             raise CheckpointError(f"{info.file}: tensor {key!r} byte range does not match its shape")
-        return np.frombuffer(self._maps[info.file], dtype=info.dtype, count=count,
-                             offset=info.start).reshape(info.shape)
+        return np.frombuffer(self._maps[info.file], dtype=info.dtype, count=count, offset=info.start).reshape(
+            info.shape
+        )
 
 
 @dataclass(frozen=True)
@@ -126,8 +126,11 @@ def write_safetensors(path: Path, tensors: Iterable[TensorToWrite], metadata: di
     offset = 0
     for t in tensors:
         nbytes = int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
-        header[t.key] = {"dtype": DTYPE_NAMES[np.dtype(t.dtype)], "shape": list(t.shape),
-                         "data_offsets": [offset, offset + nbytes]}
+        header[t.key] = {
+            "dtype": DTYPE_NAMES[np.dtype(t.dtype)],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned
@@ -137,6 +140,5 @@ def write_safetensors(path: Path, tensors: Iterable[TensorToWrite], metadata: di
         for t in tensors:
             array = np.ascontiguousarray(t.produce(), dtype=t.dtype)
             if array.shape != tuple(t.shape):
-                raise CheckpointError(f"{path}: tensor {t.key!r} produced shape {array.shape}, "
-                                      f"header says {t.shape}")
+                raise CheckpointError(f"{path}: tensor {t.key!r} produced shape {array.shape}, header says {t.shape}")
             f.write(array.reshape(-1).view(np.uint8).data)

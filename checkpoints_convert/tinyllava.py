@@ -37,9 +37,11 @@ CONNECTOR_RULES = [
 
 
 def tinyllava_rules(config: TinyLlavaConfig) -> list[Rule]:
-    return (prefixed(qwen2_rules(config.llm), *LLM_PREFIX)
-            + prefixed(siglip_rules(config.vision, hf_prefix=""), *VISION_PREFIX)
-            + prefixed(CONNECTOR_RULES, *CONNECTOR_PREFIX))
+    return (
+        prefixed(qwen2_rules(config.llm), *LLM_PREFIX)
+        + prefixed(siglip_rules(config.vision, hf_prefix=""), *VISION_PREFIX)
+        + prefixed(CONNECTOR_RULES, *CONNECTOR_PREFIX)
+    )
 
 
 def tinyllava_ignored_keys(config: TinyLlavaConfig) -> list[str]:
@@ -47,10 +49,26 @@ def tinyllava_ignored_keys(config: TinyLlavaConfig) -> list[str]:
 
 
 # Fields that config_to_hf regenerates; everything else in an imported config.json is kept.
-_GENERATED = ("architectures", "model_type", "connector_type", "group", "num_queries", "num_resampler_layers",
-              "hidden_size", "image_token_index", "ignore_index", "text_config", "vision_config",
-              "vision_feature_layer", "vision_feature_select_strategy", "vision_hidden_size", "num_frames", "dtype",
-              "resampler_heads", "resampler_dim_head")
+_GENERATED = (
+    "architectures",
+    "model_type",
+    "connector_type",
+    "group",
+    "num_queries",
+    "num_resampler_layers",
+    "hidden_size",
+    "image_token_index",
+    "ignore_index",
+    "text_config",
+    "vision_config",
+    "vision_feature_layer",
+    "vision_feature_select_strategy",
+    "vision_hidden_size",
+    "num_frames",
+    "dtype",
+    "resampler_heads",
+    "resampler_dim_head",
+)
 
 
 def tinyllava_config_from_hf(hf: dict[str, Any], **overrides) -> tuple[TinyLlavaConfig, dict[str, Any]]:
@@ -63,8 +81,12 @@ def tinyllava_config_from_hf(hf: dict[str, Any], **overrides) -> tuple[TinyLlava
         if not isinstance(hf.get(key), dict):
             raise ValueError(f"config.json: missing key {key!r} (a dict)")
     llm, text_passthrough = qwen2_config_from_hf(hf["text_config"], **overrides)
-    vision, _ = siglip_config_from_hf(hf["vision_config"], select_layer=int(hf.get("vision_feature_layer", -2)),
-                                      drop_first_patch=strategy == "patch", **overrides)
+    vision, _ = siglip_config_from_hf(
+        hf["vision_config"],
+        select_layer=int(hf.get("vision_feature_layer", -2)),
+        drop_first_patch=strategy == "patch",
+        **overrides,
+    )
     try:
         connector = ConnectorConfig(
             vision_hidden_size=hf.get("vision_hidden_size", vision.hidden_size),
@@ -79,8 +101,13 @@ def tinyllava_config_from_hf(hf: dict[str, Any], **overrides) -> tuple[TinyLlava
         )
     except KeyError as e:
         raise ValueError(f"config.json: missing key {e.args[0]!r}") from None
-    config = TinyLlavaConfig(llm=llm, vision=vision, connector=connector, num_frames=hf.get("num_frames", 16),
-                             image_token_index=hf.get("image_token_index", IMAGE_TOKEN_INDEX))
+    config = TinyLlavaConfig(
+        llm=llm,
+        vision=vision,
+        connector=connector,
+        num_frames=hf.get("num_frames", 16),
+        image_token_index=hf.get("image_token_index", IMAGE_TOKEN_INDEX),
+    )
     passthrough = {k: v for k, v in hf.items() if k not in _GENERATED}
     passthrough["text_passthrough"] = text_passthrough
     return config, passthrough
@@ -108,6 +135,9 @@ def tinyllava_config_to_hf(config: TinyLlavaConfig, dtype: str, passthrough: dic
         "vision_hidden_size": config.vision.hidden_size,
         "num_frames": config.num_frames,
         "dtype": dtype,
-        **({} if (config.connector.heads, config.connector.dim_head) == (8, 64) else
-           {"resampler_heads": config.connector.heads, "resampler_dim_head": config.connector.dim_head}),
+        **(
+            {}
+            if (config.connector.heads, config.connector.dim_head) == (8, 64)
+            else {"resampler_heads": config.connector.heads, "resampler_dim_head": config.connector.dim_head}
+        ),
     }

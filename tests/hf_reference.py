@@ -21,9 +21,17 @@ def random_qwen2(directory: Path, seed: int = 0, dtype=torch.float32, **config) 
     """A random HF Qwen2 saved to `directory`. Weights get a larger spread than HF's init so
     that logits are not all near zero (a harder parity test)."""
     torch.manual_seed(seed)
-    values = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, rope_theta=10000.0,
-                  tie_word_embeddings=True, rms_norm_eps=1e-6)
+    values = dict(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+    )
     values.update(config)
     model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**values)).eval()
     with torch.no_grad():

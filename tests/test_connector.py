@@ -18,8 +18,9 @@ from jax_tinyr1.model.connector import group_slices, sinusoidal_table
 
 
 def _pair(directory, groups=4, seed=0):
-    config = ConnectorConfig(vision_hidden_size=24, hidden_size=32, num_queries=4 * groups, groups=groups,
-                             num_layers=2, heads=2, dim_head=8)
+    config = ConnectorConfig(
+        vision_hidden_size=24, hidden_size=32, num_queries=4 * groups, groups=groups, num_layers=2, heads=2, dim_head=8
+    )
     torch.manual_seed(seed)
     reference = Resampler(24, 32, num_queries=4 * groups, groups=groups, depth=2, dim_head=8, heads=2).eval()
     randomize_(reference, seed, spread=0.2)

@@ -21,8 +21,9 @@ def test_gradient_on_policy_is_minus_advantage_over_length():
     logps, mask, adv, lengths = _batch()
 
     def loss(lp):
-        return grpo_loss(lp, jax.lax.stop_gradient(lp), None, jnp.asarray(adv), jnp.asarray(mask),
-                         beta=0.0, aggregation="grpo")[0]
+        return grpo_loss(
+            lp, jax.lax.stop_gradient(lp), None, jnp.asarray(adv), jnp.asarray(mask), beta=0.0, aggregation="grpo"
+        )[0]
 
     grad = np.asarray(jax.grad(loss)(jnp.asarray(logps)))
     b = logps.shape[0]
@@ -31,11 +32,17 @@ def test_gradient_on_policy_is_minus_advantage_over_length():
     assert np.all(grad[mask == 0] == 0)
 
 
-@pytest.mark.parametrize("advantage, ratio, acts", [
-    (1.0, 1.2 - 1e-3, False), (1.0, 1.2 + 1e-3, True),   # positive A: upper bound
-    (-1.0, 0.8 + 1e-3, False), (-1.0, 0.8 - 1e-3, True),  # negative A: lower bound
-    (1.0, 0.8 - 1e-3, False), (-1.0, 1.2 + 1e-3, False),  # the pessimistic min keeps these
-])
+@pytest.mark.parametrize(
+    "advantage, ratio, acts",
+    [
+        (1.0, 1.2 - 1e-3, False),
+        (1.0, 1.2 + 1e-3, True),  # positive A: upper bound
+        (-1.0, 0.8 + 1e-3, False),
+        (-1.0, 0.8 - 1e-3, True),  # negative A: lower bound
+        (1.0, 0.8 - 1e-3, False),
+        (-1.0, 1.2 + 1e-3, False),  # the pessimistic min keeps these
+    ],
+)
 def test_clip_acts_exactly_at_its_boundaries(advantage, ratio, acts):
     old = jnp.full((1, 1), -1.0)
     mask = jnp.ones((1, 1))
@@ -62,8 +69,9 @@ def test_clip_acts_exactly_at_its_boundaries(advantage, ratio, acts):
 def test_asymmetric_clip_bounds():
     old = jnp.zeros((1, 2))
     logp = jnp.log(jnp.asarray([[1.25, 1.25]]))
-    loss, m = grpo_loss(logp, old, None, jnp.asarray([1.0]), jnp.ones((1, 2)), beta=0.0,
-                        epsilon_low=0.2, epsilon_high=0.28)
+    loss, m = grpo_loss(
+        logp, old, None, jnp.asarray([1.0]), jnp.ones((1, 2)), beta=0.0, epsilon_low=0.2, epsilon_high=0.28
+    )
     assert float(m["clip_ratio/high_mean"]) == 0.0 and float(loss) == pytest.approx(-1.25, rel=1e-6)
 
 
@@ -103,8 +111,16 @@ def test_aggregations_match_numpy(aggregation, beta):
     rng = np.random.RandomState(2)
     old = (logps + 0.3 * rng.randn(*logps.shape)).astype(np.float32)
     ref = (logps + 0.5 * rng.randn(*logps.shape)).astype(np.float32)
-    loss, metrics = grpo_loss(jnp.asarray(logps), jnp.asarray(old), jnp.asarray(ref), jnp.asarray(adv),
-                              jnp.asarray(mask), beta=beta, aggregation=aggregation, max_completion_length=10)
+    loss, metrics = grpo_loss(
+        jnp.asarray(logps),
+        jnp.asarray(old),
+        jnp.asarray(ref),
+        jnp.asarray(adv),
+        jnp.asarray(mask),
+        beta=beta,
+        aggregation=aggregation,
+        max_completion_length=10,
+    )
     want = _numpy_loss(logps.astype(np.float64), old, ref, adv, mask, beta, aggregation, 10)
     assert float(loss) == pytest.approx(want, rel=1e-5)
     ratio = np.exp(logps - old)[mask > 0]
@@ -127,8 +143,9 @@ def test_masked_tokens_contribute_nothing():
 
 def test_beta_zero_needs_no_reference_and_presets():
     logps, mask, adv, _ = _batch()
-    loss, metrics = grpo_loss(jnp.asarray(logps), jnp.asarray(logps), None, jnp.asarray(adv), jnp.asarray(mask),
-                              beta=0.0)
+    loss, metrics = grpo_loss(
+        jnp.asarray(logps), jnp.asarray(logps), None, jnp.asarray(adv), jnp.asarray(mask), beta=0.0
+    )
     assert "kl" not in metrics and np.isfinite(float(loss))
     with pytest.raises(ValueError, match="ref_logps"):
         grpo_loss(jnp.asarray(logps), jnp.asarray(logps), None, jnp.asarray(adv), jnp.asarray(mask), beta=0.01)

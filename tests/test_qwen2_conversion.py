@@ -28,15 +28,18 @@ def test_round_trip_is_bit_exact(tmp_path, dtype, tied):
     random_qwen2(tmp_path / "hf", dtype=dtype, tie_word_embeddings=tied)
     hf_to_flax.main(["--model-type", "qwen2", "--hf-dir", str(tmp_path / "hf"), "--out", str(tmp_path / "fx")])
     name = "bfloat16" if dtype == torch.bfloat16 else "float32"
-    flax_to_hf.main(["--model-type", "qwen2", "--checkpoint", str(tmp_path / "fx"),
-                     "--out", str(tmp_path / "hf2"), "--dtype", name])
+    flax_to_hf.main(
+        ["--model-type", "qwen2", "--checkpoint", str(tmp_path / "fx"), "--out", str(tmp_path / "hf2"), "--dtype", name]
+    )
     before, after = _tensors(tmp_path / "hf"), _tensors(tmp_path / "hf2")
     assert sorted(before) == sorted(after)
     assert ("lm_head.weight" in after) != tied
     for key in before:
         assert after[key].dtype == dtype, key
-        assert torch.equal(before[key].view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
-                           after[key].view(torch.int16 if dtype == torch.bfloat16 else torch.int32)), key
+        assert torch.equal(
+            before[key].view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+            after[key].view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+        ), key
 
 
 def test_export_loads_in_transformers_with_same_logits(tmp_path):
@@ -65,10 +68,14 @@ def _rewrite(directory, tensors):
     "edit, message",
     [
         (lambda t: t.pop("model.layers.1.mlp.up_proj.weight"), "missing.*model.layers.1.mlp.up_proj.weight"),
-        (lambda t: t.__setitem__("model.layers.0.extra.weight", torch.zeros(3)),
-         "unexpected.*model.layers.0.extra.weight"),
-        (lambda t: t.__setitem__("model.layers.0.self_attn.k_proj.bias", torch.zeros(31)),
-         r"model.layers.0.self_attn.k_proj.bias.*\(31,\).*\(32,\)"),
+        (
+            lambda t: t.__setitem__("model.layers.0.extra.weight", torch.zeros(3)),
+            "unexpected.*model.layers.0.extra.weight",
+        ),
+        (
+            lambda t: t.__setitem__("model.layers.0.self_attn.k_proj.bias", torch.zeros(31)),
+            r"model.layers.0.self_attn.k_proj.bias.*\(31,\).*\(32,\)",
+        ),
         (lambda t: t.__setitem__("model.norm.weight", torch.zeros(64, 1)), r"model.norm.weight.*shape"),
     ],
     ids=["missing", "extra", "wrong_shape", "wrong_rank"],
@@ -113,14 +120,51 @@ def test_sharded_hf_checkpoint_is_read(tmp_path):
 def test_command_line_entry_points(tmp_path):
     random_qwen2(tmp_path / "hf")
     env_python = sys.executable
-    subprocess.run([env_python, "-m", "checkpoints_convert.hf_to_flax", "--model-type", "qwen2",
-                    "--hf-dir", tmp_path / "hf", "--out", tmp_path / "fx"], check=True)
-    subprocess.run([env_python, "-m", "checkpoints_convert.flax_to_hf", "--model-type", "qwen2",
-                    "--checkpoint", tmp_path / "fx", "--out", tmp_path / "hf2", "--dtype", "bfloat16"],
-                   check=True)
+    subprocess.run(
+        [
+            env_python,
+            "-m",
+            "checkpoints_convert.hf_to_flax",
+            "--model-type",
+            "qwen2",
+            "--hf-dir",
+            tmp_path / "hf",
+            "--out",
+            tmp_path / "fx",
+        ],
+        check=True,
+    )
+    subprocess.run(
+        [
+            env_python,
+            "-m",
+            "checkpoints_convert.flax_to_hf",
+            "--model-type",
+            "qwen2",
+            "--checkpoint",
+            tmp_path / "fx",
+            "--out",
+            tmp_path / "hf2",
+            "--dtype",
+            "bfloat16",
+        ],
+        check=True,
+    )
     assert all(t.dtype == torch.bfloat16 for t in _tensors(tmp_path / "hf2").values())
-    bad = subprocess.run([env_python, "-m", "checkpoints_convert.hf_to_flax", "--model-type", "qwen2",
-                          "--hf-dir", tmp_path / "nowhere", "--out", tmp_path / "fx2"], capture_output=True)
+    bad = subprocess.run(
+        [
+            env_python,
+            "-m",
+            "checkpoints_convert.hf_to_flax",
+            "--model-type",
+            "qwen2",
+            "--hf-dir",
+            tmp_path / "nowhere",
+            "--out",
+            tmp_path / "fx2",
+        ],
+        capture_output=True,
+    )
     assert bad.returncode != 0 and b"nowhere" in bad.stderr
 
 

@@ -24,7 +24,7 @@ def test_prefill_then_decode_equals_full_forward():
     logits, cache = model(ids[:, :6], cache=cache)
     steps = [logits]
     for t in range(6, 11):
-        logits, cache = model(ids[:, t:t + 1], cache=cache)
+        logits, cache = model(ids[:, t : t + 1], cache=cache)
         steps.append(logits)
     assert int(cache.index) == 11
     assert rel(jnp.concatenate(steps, axis=1), full) <= 1e-5
@@ -44,7 +44,7 @@ def test_decode_after_right_padded_prefill():
     decoded = []
     for step in range(4):
         positions = jnp.asarray(lengths[:, None] + step)
-        logits, cache = model(jnp.asarray(new_tokens[:, step:step + 1]), cache=cache, positions=positions)
+        logits, cache = model(jnp.asarray(new_tokens[:, step : step + 1]), cache=cache, positions=positions)
         decoded.append(np.asarray(logits[:, 0]))
     decoded = np.stack(decoded, axis=1)
     for row, n in enumerate(lengths):

@@ -8,8 +8,14 @@ from hf_reference import convert_and_load, random_qwen2, relative_error, torch_l
 CONFIGS = {
     "tied_1kv_odd": dict(tie_word_embeddings=True, num_key_value_heads=1, seq=7),
     "untied_2kv": dict(tie_word_embeddings=False, num_key_value_heads=2, seq=13, num_hidden_layers=3),
-    "tied_mha_headdim": dict(tie_word_embeddings=True, num_attention_heads=4, num_key_value_heads=4,
-                             head_dim=24, seq=11, rope_theta=1_000_000.0),
+    "tied_mha_headdim": dict(
+        tie_word_embeddings=True,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=24,
+        seq=11,
+        rope_theta=1_000_000.0,
+    ),
 }
 
 
@@ -40,7 +46,7 @@ def test_right_padded_batch_matches_each_row(tmp_path):
     for row, n in enumerate(lengths):
         assert relative_error(ours[row, :n], theirs[row, :n]) <= 1e-5
         # And each padded row equals that prompt alone, unpadded.
-        alone = torch_logits(reference, ids[row:row + 1, :n])[0]
+        alone = torch_logits(reference, ids[row : row + 1, :n])[0]
         assert relative_error(ours[row, :n], alone) <= 1e-5
 
 

@@ -46,10 +46,18 @@ TABLE = [
     ("<think>" + "x" * 300 + "</think><answer>A</answer>", "B", 0.625, 0),
     ("  \n<think> x </think>\n\n<answer> B </answer>\n", "B", fr("x"), 1),
     ("<think>x</think>\t<answer>A</answer>", "A", fr("x"), 1),
-    ("<think>Counting: one, two,\nthree circles.\n</think>\n<answer>C</answer>", "C",
-     fr("Counting: one, two,\nthree circles."), 1),
-    ("<think>Le cercle bleu apparaît d'abord — puis le carré.</think><answer>D</answer>", "D",
-     fr("Le cercle bleu apparaît d'abord — puis le carré."), 1),
+    (
+        "<think>Counting: one, two,\nthree circles.\n</think>\n<answer>C</answer>",
+        "C",
+        fr("Counting: one, two,\nthree circles."),
+        1,
+    ),
+    (
+        "<think>Le cercle bleu apparaît d'abord — puis le carré.</think><answer>D</answer>",
+        "D",
+        fr("Le cercle bleu apparaît d'abord — puis le carré."),
+        1,
+    ),
     ("<think></think><answer>A</answer>", "A", 0.5, 1),
     ("<think>   </think><answer>A</answer>", "A", 0.5, 1),
     # Broken formats: FR = 0; the accuracy reward still reads the first answer block.
@@ -146,11 +154,29 @@ def test_batch_api_and_registry():
         batch_rewards(["a"], [])
 
 
-PIECES = st.sampled_from(["<think>", "</think>", "<answer>", "</answer>", "A", "b", "(C)", " ", "\n",
-                          "x" * 50, "<think", "answer>", "D. dog"])
+PIECES = st.sampled_from(
+    [
+        "<think>",
+        "</think>",
+        "<answer>",
+        "</answer>",
+        "A",
+        "b",
+        "(C)",
+        " ",
+        "\n",
+        "x" * 50,
+        "<think",
+        "answer>",
+        "D. dog",
+    ]
+)
 TEXTS = st.one_of(st.text(max_size=300), st.lists(PIECES, max_size=12).map("".join))
-LABELS = st.one_of(st.sampled_from(list("ABCDE")), st.sampled_from(list("ABCDE")).map("<answer>{}</answer>".format),
-                   st.text(max_size=5))
+LABELS = st.one_of(
+    st.sampled_from(list("ABCDE")),
+    st.sampled_from(list("ABCDE")).map("<answer>{}</answer>".format),
+    st.text(max_size=5),
+)
 
 
 @settings(max_examples=1000, deadline=None)

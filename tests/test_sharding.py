@@ -27,8 +27,14 @@ def test_parameters_follow_the_rules_table_on_fsdp8():
     for path, var in nnx.to_flat_state(state):
         axes = var.get_metadata()["axes"]
         array = var[...]
-        want = P(*[LOGICAL_RULES[a] if a and LOGICAL_RULES[a] and array.shape[i] % mesh.shape[LOGICAL_RULES[a]] == 0
-                   else None for i, a in enumerate(axes)])
+        want = P(
+            *[
+                LOGICAL_RULES[a]
+                if a and LOGICAL_RULES[a] and array.shape[i] % mesh.shape[LOGICAL_RULES[a]] == 0
+                else None
+                for i, a in enumerate(axes)
+            ]
+        )
         assert array.sharding.spec == want, path
     q = model.layers["q_kernel"][...]
     assert q.sharding.spec == P(None, "fsdp", "tensor")

@@ -17,10 +17,12 @@ from jax_tinyr1.data.preprocess import preprocess_frames
 from jax_tinyr1.model import abstract_model, get_preset, load_pretrained
 
 CONFIGS = {
-    "divisible": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                      image_size=16, patch_size=4),
-    "ragged_edge": dict(hidden_size=48, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2,
-                        image_size=30, patch_size=7),  # 4 x 4 patches, 2 pixels never seen (like 384/14)
+    "divisible": dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, image_size=16, patch_size=4
+    ),
+    "ragged_edge": dict(
+        hidden_size=48, intermediate_size=40, num_hidden_layers=2, num_attention_heads=2, image_size=30, patch_size=7
+    ),  # 4 x 4 patches, 2 pixels never seen (like 384/14)
 }
 
 
@@ -31,8 +33,9 @@ def _hf_siglip(directory, config, hub_prefix: bool, seed=0):
     if hub_prefix:  # the hub's files: every key under "vision_model."
         path = str(directory / "model.safetensors")
         tensors = safetensors.torch.load_file(path)
-        safetensors.torch.save_file({"vision_model." + k: v for k, v in tensors.items()}, path,
-                                    metadata={"format": "pt"})
+        safetensors.torch.save_file(
+            {"vision_model." + k: v for k, v in tensors.items()}, path, metadata={"format": "pt"}
+        )
     return model
 
 
@@ -42,15 +45,18 @@ def test_selected_hidden_state_matches_transformers(tmp_path, name, hub_prefix):
     config = CONFIGS[name]
     reference = _hf_siglip(tmp_path / "hf", config, hub_prefix)
     hf_to_flax.main(["--model-type", "siglip", "--hf-dir", str(tmp_path / "hf"), "--out", str(tmp_path / "fx")])
-    model, ours_config = load_pretrained(tmp_path / "fx")
+    model, _ours_config = load_pretrained(tmp_path / "fx")
     pixels = np.random.RandomState(0).uniform(-1, 1, (3, config["image_size"], config["image_size"], 3))
     pixels = pixels.astype(np.float32)
     with torch.no_grad():
         hidden = reference(nchw(pixels), output_hidden_states=True).hidden_states
     ours = np.asarray(model(pixels))
     expected = hidden[-2][:, 1:].numpy()
-    assert ours.shape == expected.shape == (3, (config["image_size"] // config["patch_size"]) ** 2 - 1,
-                                            config["hidden_size"])
+    assert (
+        ours.shape
+        == expected.shape
+        == (3, (config["image_size"] // config["patch_size"]) ** 2 - 1, config["hidden_size"])
+    )
     assert relative_error(ours, expected) <= 1e-5
     for layer in range(len(hidden)):  # any layer can be selected; only the needed ones run
         assert relative_error(np.asarray(model.hidden_state(pixels, layer)), hidden[layer].numpy()) <= 1e-5
@@ -78,7 +84,9 @@ def test_preprocessing_equals_hf_pil_processor(shape):
     rng = np.random.RandomState(sum(shape))
     frames = rng.randint(0, 256, (2, *shape, 3)).astype(np.uint8)
     processor = SiglipImageProcessorPil(size={"height": 24, "width": 24})
-    expected = processor(images=list(frames), return_tensors="np", input_data_format="channels_last")["pixel_values"].transpose(0, 2, 3, 1)
+    expected = processor(images=list(frames), return_tensors="np", input_data_format="channels_last")[
+        "pixel_values"
+    ].transpose(0, 2, 3, 1)
     ours = preprocess_frames(frames, 24)
     assert ours.dtype == np.float32 and ours.shape == (2, 24, 24, 3)
     np.testing.assert_array_equal(ours, expected)  # bit-identical, not just close
@@ -87,7 +95,9 @@ def test_preprocessing_equals_hf_pil_processor(shape):
 def test_preprocessing_at_384_on_video_shaped_input():
     frames = np.random.RandomState(0).randint(0, 256, (4, 240, 320, 3)).astype(np.uint8)
     processor = SiglipImageProcessorPil(size={"height": 384, "width": 384})
-    expected = processor(images=list(frames), return_tensors="np", input_data_format="channels_last")["pixel_values"].transpose(0, 2, 3, 1)
+    expected = processor(images=list(frames), return_tensors="np", input_data_format="channels_last")[
+        "pixel_values"
+    ].transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(preprocess_frames(frames, 384), expected)
     with pytest.raises(TypeError, match="uint8"):
         preprocess_frames(frames.astype(np.float32), 384)

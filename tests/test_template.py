@@ -34,7 +34,7 @@ def test_tokenized_in_pieces_around_one_placeholder(tokenizer):
     p = ids.index(IMAGE_TOKEN_INDEX)
     before, after = EXPECTED_GRPO_PROMPT.split("<image>")
     assert ids[:p] == tokenizer(before, add_special_tokens=False)["input_ids"]
-    assert ids[p + 1:] == tokenizer(after, add_special_tokens=False)["input_ids"]
+    assert ids[p + 1 :] == tokenizer(after, add_special_tokens=False)["input_ids"]
     assert ids.count(IMAGE_TOKEN_INDEX) == 1
 
 
@@ -53,6 +53,7 @@ def test_tokenizer_round_trip_and_special_tokens(tokenizer, tmp_path):
     text = "<think>ünïcode — and 12 frames</think><answer>B</answer>"
     assert tokenizer.decode(tokenizer(text)["input_ids"]) == text  # byte-level: lossless
     assert "<think>" not in tokenizer.get_vocab() or tokenizer.convert_tokens_to_ids("<think>") not in (
-        tokenizer.all_special_ids)
+        tokenizer.all_special_ids
+    )
     with pytest.raises(FileNotFoundError):
         load_tokenizer(tmp_path / "missing")

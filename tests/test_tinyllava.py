@@ -16,10 +16,20 @@ from checkpoints_convert import flax_to_hf, hf_to_flax
 from jax_tinyr1.model import IMAGE_TOKEN_INDEX, abstract_model, get_preset, load_pretrained
 from jax_tinyr1.model.tinyllava import splice_tokens
 
-TEXT = dict(vocab_size=200, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
-VISION = dict(hidden_size=24, intermediate_size=40, num_hidden_layers=3, num_attention_heads=2, image_size=16,
-              patch_size=4)
+TEXT = dict(
+    vocab_size=200,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rope_theta=10000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+)
+VISION = dict(
+    hidden_size=24, intermediate_size=40, num_hidden_layers=3, num_attention_heads=2, image_size=16, patch_size=4
+)
 CONNECTOR = dict(num_queries=12, groups=4, depth=2, dim_head=8, heads=2)
 FRAMES = 4
 
@@ -64,8 +74,9 @@ def test_visual_embeddings_computed_once_can_be_reused(converted):
     assert visual.shape == (2, 12, 32)
     direct = model(jnp.asarray(ids), jnp.asarray(mask), pixels=jnp.asarray(pixels))
     # G = 3 completions per prompt share the prompt's visual block.
-    reused = model(jnp.repeat(jnp.asarray(ids), 3, 0), jnp.repeat(jnp.asarray(mask), 3, 0),
-                   visual_embeds=jnp.repeat(visual, 3, 0))
+    reused = model(
+        jnp.repeat(jnp.asarray(ids), 3, 0), jnp.repeat(jnp.asarray(mask), 3, 0), visual_embeds=jnp.repeat(visual, 3, 0)
+    )
     # Equal up to float reassociation between batch sizes (XLA tiles a batch of 6 differently).
     assert relative_error(np.asarray(reused[::3]), np.asarray(direct)) <= 1e-6
     assert relative_error(np.asarray(reused[1::3]), np.asarray(direct)) <= 1e-6
@@ -88,11 +99,20 @@ def test_combined_checkpoint_round_trip_is_bit_exact(converted, tmp_path):
     import json
 
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    for field, value in {"model_type": "tinyllava", "connector_type": "groupresampler", "group": 4,
-                         "num_queries": 12, "num_resampler_layers": 2, "image_token_index": -200,
-                         "vision_feature_layer": -2, "vision_feature_select_strategy": "patch",
-                         "vision_hidden_size": 24, "tokenizer_model_max_length": 3072,
-                         "tokenizer_padding_side": "right", "ignore_index": -100}.items():
+    for field, value in {
+        "model_type": "tinyllava",
+        "connector_type": "groupresampler",
+        "group": 4,
+        "num_queries": 12,
+        "num_resampler_layers": 2,
+        "image_token_index": -200,
+        "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "patch",
+        "vision_hidden_size": 24,
+        "tokenizer_model_max_length": 3072,
+        "tokenizer_padding_side": "right",
+        "ignore_index": -100,
+    }.items():
         assert config[field] == value, field
     assert config["architectures"] == ["TinyLlavaForConditionalGeneration"]
 
@@ -108,11 +128,31 @@ def test_bfloat16_combined_round_trip(tmp_path):
 
 
 def test_component_exports_load_in_transformers(converted, tmp_path):
-    root, reference, _, model, _ = converted
-    flax_to_hf.main(["--model-type", "tinyllava", "--checkpoint", str(root / "fx"), "--out", str(tmp_path / "llm"),
-                     "--component", "llm"])
-    flax_to_hf.main(["--model-type", "tinyllava", "--checkpoint", str(root / "fx"), "--out", str(tmp_path / "vis"),
-                     "--component", "vision"])
+    root, _reference, _, model, _ = converted
+    flax_to_hf.main(
+        [
+            "--model-type",
+            "tinyllava",
+            "--checkpoint",
+            str(root / "fx"),
+            "--out",
+            str(tmp_path / "llm"),
+            "--component",
+            "llm",
+        ]
+    )
+    flax_to_hf.main(
+        [
+            "--model-type",
+            "tinyllava",
+            "--checkpoint",
+            str(root / "fx"),
+            "--out",
+            str(tmp_path / "vis"),
+            "--component",
+            "vision",
+        ]
+    )
     llm, info = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "llm", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     ids = np.random.RandomState(1).randint(0, 200, (2, 7))

@@ -55,14 +55,22 @@ class Resampler(nn.Module):
         self.groups = groups
         self.latents = nn.Parameter(torch.randn(num_queries // groups, dim))
         self.linear = nn.Linear(vision_dim, dim)
-        self.layers = nn.ModuleList([
-            nn.ModuleList([
-                PerceiverAttention(dim, dim_head, heads),
-                nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * ff_mult, bias=False), nn.GELU(),
-                              nn.Linear(dim * ff_mult, dim, bias=False)),
-            ])
-            for _ in range(depth)
-        ])
+        self.layers = nn.ModuleList(
+            [
+                nn.ModuleList(
+                    [
+                        PerceiverAttention(dim, dim_head, heads),
+                        nn.Sequential(
+                            nn.LayerNorm(dim),
+                            nn.Linear(dim, dim * ff_mult, bias=False),
+                            nn.GELU(),
+                            nn.Linear(dim * ff_mult, dim, bias=False),
+                        ),
+                    ]
+                )
+                for _ in range(depth)
+            ]
+        )
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x):
@@ -119,7 +127,7 @@ class TorchTinyLlava(nn.Module):
         seqs = []
         for ids, vis in zip(rows, visual, strict=True):
             p = ids.index(-200)
-            seqs.append(torch.cat([embed(torch.tensor(ids[:p])), vis, embed(torch.tensor(ids[p + 1:]))]))
+            seqs.append(torch.cat([embed(torch.tensor(ids[:p])), vis, embed(torch.tensor(ids[p + 1 :]))]))
         n = max(s.shape[0] for s in seqs)
         mask = torch.zeros(len(seqs), n, dtype=torch.long)
         padded = torch.zeros(len(seqs), n, seqs[0].shape[1])
@@ -133,25 +141,33 @@ class TorchTinyLlava(nn.Module):
         tensors = {}
         for key, value in self.state_dict().items():
             if key.startswith("vision_tower."):
-                key = "vision_tower._vision_tower.vision_model." + key[len("vision_tower."):]
+                key = "vision_tower._vision_tower.vision_model." + key[len("vision_tower.") :]
             elif key.startswith("connector."):
-                key = "connector._connector." + key[len("connector."):]
+                key = "connector._connector." + key[len("connector.") :]
             if key == "language_model.lm_head.weight" and self.text_config.get("tie_word_embeddings"):
                 continue
             tensors[key] = value.to(dtype).contiguous()
         safetensors.torch.save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
         config = {
-            "architectures": ["TinyLlavaForConditionalGeneration"], "model_type": "tinyllava",
-            "connector_type": "groupresampler", "group": self.connector_config["groups"],
+            "architectures": ["TinyLlavaForConditionalGeneration"],
+            "model_type": "tinyllava",
+            "connector_type": "groupresampler",
+            "group": self.connector_config["groups"],
             "num_queries": self.connector_config["num_queries"],
             "num_resampler_layers": self.connector_config["depth"],
-            "hidden_size": self.text_config["hidden_size"], "image_token_index": -200, "ignore_index": -100,
-            "tokenizer_model_max_length": 3072, "tokenizer_padding_side": "right",
+            "hidden_size": self.text_config["hidden_size"],
+            "image_token_index": -200,
+            "ignore_index": -100,
+            "tokenizer_model_max_length": 3072,
+            "tokenizer_padding_side": "right",
             "text_config": {"model_type": "qwen2", **self.text_config},
             "vision_config": {"model_type": "siglip_vision_model", **self.vision_config},
-            "vision_feature_layer": -2, "vision_feature_select_strategy": "patch",
-            "vision_hidden_size": self.vision_config["hidden_size"], "num_frames": 4,
-            "resampler_heads": self.connector_config["heads"], "resampler_dim_head": self.connector_config["dim_head"],
+            "vision_feature_layer": -2,
+            "vision_feature_select_strategy": "patch",
+            "vision_hidden_size": self.vision_config["hidden_size"],
+            "num_frames": 4,
+            "resampler_heads": self.connector_config["heads"],
+            "resampler_dim_head": self.connector_config["dim_head"],
         }
         (directory / "config.json").write_text(json.dumps(config))
         return tensors

@@ -18,10 +18,13 @@ from jax_tinyr1.model.tinyllava import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 IMAGE_TOKEN = "<image>"
 EOS_TOKEN = "<|endoftext|>"
-SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
-          "detailed, and polite answers to the user's questions. ")
-REASONING_SUFFIX = (" Output the thinking process in <think> </think> and final answer (option) in "
-                    "<answer> </answer> tags.")
+SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the user's questions. "
+)
+REASONING_SUFFIX = (
+    " Output the thinking process in <think> </think> and final answer (option) in <answer> </answer> tags."
+)
 
 
 def grpo_question(problem: str) -> str:

@@ -9,8 +9,9 @@ SCALES = ("group", "none")
 STD_EPS = 1e-4  # the original's denominator guard
 
 
-def group_advantages(rewards: jax.Array, group_size: int, *, scale: str = "group", noise_std: float = 0.02,
-                     key: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+def group_advantages(
+    rewards: jax.Array, group_size: int, *, scale: str = "group", noise_std: float = 0.02, key: jax.Array | None = None
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Advantages [N] for N = prompts x group_size rewards, groups being consecutive.
 
     scale="group": (r - mean) / (std + 1e-4), std unbiased (the paper and the code).

@@ -35,10 +35,19 @@ def _masked_mean(x, mask):
     return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def grpo_loss(logps: jax.Array, old_logps: jax.Array, ref_logps: jax.Array | None, advantages: jax.Array,
-              completion_mask: jax.Array, *, beta: float, epsilon_low: float = 0.2, epsilon_high: float = 0.2,
-              aggregation: str = "grpo", max_completion_length: int | None = None
-              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def grpo_loss(
+    logps: jax.Array,
+    old_logps: jax.Array,
+    ref_logps: jax.Array | None,
+    advantages: jax.Array,
+    completion_mask: jax.Array,
+    *,
+    beta: float,
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.2,
+    aggregation: str = "grpo",
+    max_completion_length: int | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Loss (to minimise) and metrics. Arrays are [B, T] except advantages [B].
 
     Per token: -(min(ratio A, clip(ratio, 1 - eps_low, 1 + eps_high) A) - beta k3), with
@@ -80,14 +89,16 @@ def grpo_loss(logps: jax.Array, old_logps: jax.Array, ref_logps: jax.Array | Non
     low = (ratio < 1 - epsilon_low) & (a_b1 < 0)
     high = (ratio > 1 + epsilon_high) & (a_b1 > 0)
     big = jnp.finfo(jnp.float32).max
-    metrics.update({
-        "clip_ratio/low_mean": _masked_mean(low.astype(jnp.float32), mask),
-        "clip_ratio/high_mean": _masked_mean(high.astype(jnp.float32), mask),
-        "clip_ratio/region_mean": _masked_mean((low | high).astype(jnp.float32), mask),
-        "ratio/mean": _masked_mean(ratio, mask),
-        "ratio/min": jnp.min(jnp.where(mask > 0, ratio, big)),
-        "ratio/max": jnp.max(jnp.where(mask > 0, ratio, -big)),
-    })
+    metrics.update(
+        {
+            "clip_ratio/low_mean": _masked_mean(low.astype(jnp.float32), mask),
+            "clip_ratio/high_mean": _masked_mean(high.astype(jnp.float32), mask),
+            "clip_ratio/region_mean": _masked_mean((low | high).astype(jnp.float32), mask),
+            "ratio/mean": _masked_mean(ratio, mask),
+            "ratio/min": jnp.min(jnp.where(mask > 0, ratio, big)),
+            "ratio/max": jnp.max(jnp.where(mask > 0, ratio, -big)),
+        }
+    )
     return loss, metrics
 
 

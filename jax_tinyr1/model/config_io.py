@@ -21,8 +21,9 @@ def config_from_dict(cls: type, values: dict[str, Any], where: str = "config"):
     unknown = sorted(set(values) - fields)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}")
-    missing = sorted(f.name for f in dataclasses.fields(cls)
-                     if f.name not in values and f.default is dataclasses.MISSING)
+    missing = sorted(
+        f.name for f in dataclasses.fields(cls) if f.name not in values and f.default is dataclasses.MISSING
+    )
     if missing:
         raise ValueError(f"{where}: missing key(s) {missing} for {cls.__name__}")
     hints = typing.get_type_hints(cls)

@@ -38,8 +38,16 @@ class ConnectorConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        for name in ("vision_hidden_size", "hidden_size", "num_queries", "groups", "num_layers", "heads", "dim_head",
-                     "ff_mult"):
+        for name in (
+            "vision_hidden_size",
+            "hidden_size",
+            "num_queries",
+            "groups",
+            "num_layers",
+            "heads",
+            "dim_head",
+            "ff_mult",
+        ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ValueError(f"ConnectorConfig.{name} must be a positive int, got {getattr(self, name)!r}")
         if self.num_queries % self.groups:
@@ -113,17 +121,23 @@ class GroupResampler(nnx.Module):
         pd = DTYPES[c.param_dtype]
         d, L, inner = c.hidden_size, c.num_layers, c.inner_dim
         init, ones, zeros = nnx.initializers.normal(0.02), nnx.initializers.ones, nnx.initializers.zeros
-        self.linear_kernel = nnx.Param(init(rngs.params(), (c.vision_hidden_size, d), pd), axes=("vision_embed", "embed"))
+        self.linear_kernel = nnx.Param(
+            init(rngs.params(), (c.vision_hidden_size, d), pd), axes=("vision_embed", "embed")
+        )
         self.linear_bias = nnx.Param(zeros(rngs.params(), (d,), pd), axes=("norm",))
-        self.latents = nnx.Param(nnx.initializers.normal(1.0)(rngs.params(), (c.latents_per_group, d), pd),
-                                 axes=("latents", "embed"))
+        self.latents = nnx.Param(
+            nnx.initializers.normal(1.0)(rngs.params(), (c.latents_per_group, d), pd), axes=("latents", "embed")
+        )
         spec = {
-            "norm_media_scale": ((d,), ("norm",), ones), "norm_media_bias": ((d,), ("norm",), zeros),
-            "norm_latents_scale": ((d,), ("norm",), ones), "norm_latents_bias": ((d,), ("norm",), zeros),
+            "norm_media_scale": ((d,), ("norm",), ones),
+            "norm_media_bias": ((d,), ("norm",), zeros),
+            "norm_latents_scale": ((d,), ("norm",), ones),
+            "norm_latents_bias": ((d,), ("norm",), zeros),
             "to_q": ((d, inner), ("embed", "q_heads"), init),
             "to_kv": ((d, 2 * inner), ("embed", "kv_heads"), init),  # k = first half, v = second
             "to_out": ((inner, d), ("q_heads", "embed"), init),
-            "ff_norm_scale": ((d,), ("norm",), ones), "ff_norm_bias": ((d,), ("norm",), zeros),
+            "ff_norm_scale": ((d,), ("norm",), ones),
+            "ff_norm_bias": ((d,), ("norm",), zeros),
             "ff_in": ((d, c.ff_mult * d), ("embed", "mlp"), init),
             "ff_out": ((c.ff_mult * d, d), ("mlp", "embed"), init),
         }

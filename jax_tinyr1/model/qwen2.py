@@ -43,14 +43,20 @@ class Qwen2Config:
     remat: bool = False  # rematerialize the layer body in the backward pass
 
     def __post_init__(self):
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                     "num_kv_heads", "head_dim"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+        ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ValueError(f"Qwen2Config.{name} must be a positive int, got {getattr(self, name)!r}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
-                f"Qwen2Config.num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
-                f"({self.num_kv_heads})"
+                f"Qwen2Config.num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
             )
         if self.head_dim % 2:
             raise ValueError(f"Qwen2Config.head_dim must be even for RoPE, got {self.head_dim}")
@@ -219,8 +225,9 @@ class Qwen2ForCausalLM(nnx.Module):
             return h_btd, None
         return h_btd, KVCache(kv_out[0], kv_out[1], valid, start + t)
 
-    def __call__(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, positions=None,
-                 cache: KVCache | None = None) -> Any:
+    def __call__(
+        self, input_ids=None, attention_mask=None, *, inputs_embeds=None, positions=None, cache: KVCache | None = None
+    ) -> Any:
         """Logits [B, T, vocab] (float32); with a cache, (logits, updated cache)."""
         h, new_cache = self.hidden_states(
             input_ids, attention_mask, inputs_embeds=inputs_embeds, positions=positions, cache=cache

@@ -65,8 +65,9 @@ def _encoder_layer(config: SiglipConfig, p: dict[str, jax.Array], x_bnd: jax.Arr
     b, n, d = x_bnd.shape
     heads, eps = config.num_heads, config.layer_norm_eps
     y = layer_norm(x_bnd, p["ln1_scale"], p["ln1_bias"], eps)
-    q, k, v = (dense(y, p[f"{name}_kernel"], p[f"{name}_bias"]).reshape(b, n, heads, d // heads)
-               for name in ("q", "k", "v"))
+    q, k, v = (
+        dense(y, p[f"{name}_kernel"], p[f"{name}_bias"]).reshape(b, n, heads, d // heads) for name in ("q", "k", "v")
+    )
     attn = jax.nn.dot_product_attention(q, k, v, scale=(d // heads) ** -0.5).reshape(b, n, d)
     x_bnd = x_bnd + dense(attn, p["o_kernel"], p["o_bias"])
     y = layer_norm(x_bnd, p["ln2_scale"], p["ln2_bias"], eps)
@@ -88,38 +89,50 @@ class SiglipVisionModel(nnx.Module):
         self.patch_bias = param((d,), ("norm",), zeros)
         self.position_embedding = param((c.num_patches, d), ("positions", "vision_embed"))
         spec = {
-            "ln1_scale": ((d,), ("norm",), ones), "ln1_bias": ((d,), ("norm",), zeros),
-            "q_kernel": ((d, d), ("vision_embed", "vision_heads"), init), "q_bias": ((d,), ("vision_heads",), zeros),
-            "k_kernel": ((d, d), ("vision_embed", "vision_heads"), init), "k_bias": ((d,), ("vision_heads",), zeros),
-            "v_kernel": ((d, d), ("vision_embed", "vision_heads"), init), "v_bias": ((d,), ("vision_heads",), zeros),
-            "o_kernel": ((d, d), ("vision_heads", "vision_embed"), init), "o_bias": ((d,), ("norm",), zeros),
-            "ln2_scale": ((d,), ("norm",), ones), "ln2_bias": ((d,), ("norm",), zeros),
-            "fc1_kernel": ((d, i), ("vision_embed", "vision_mlp"), init), "fc1_bias": ((i,), ("vision_mlp",), zeros),
-            "fc2_kernel": ((i, d), ("vision_mlp", "vision_embed"), init), "fc2_bias": ((d,), ("norm",), zeros),
+            "ln1_scale": ((d,), ("norm",), ones),
+            "ln1_bias": ((d,), ("norm",), zeros),
+            "q_kernel": ((d, d), ("vision_embed", "vision_heads"), init),
+            "q_bias": ((d,), ("vision_heads",), zeros),
+            "k_kernel": ((d, d), ("vision_embed", "vision_heads"), init),
+            "k_bias": ((d,), ("vision_heads",), zeros),
+            "v_kernel": ((d, d), ("vision_embed", "vision_heads"), init),
+            "v_bias": ((d,), ("vision_heads",), zeros),
+            "o_kernel": ((d, d), ("vision_heads", "vision_embed"), init),
+            "o_bias": ((d,), ("norm",), zeros),
+            "ln2_scale": ((d,), ("norm",), ones),
+            "ln2_bias": ((d,), ("norm",), zeros),
+            "fc1_kernel": ((d, i), ("vision_embed", "vision_mlp"), init),
+            "fc1_bias": ((i,), ("vision_mlp",), zeros),
+            "fc2_kernel": ((i, d), ("vision_mlp", "vision_embed"), init),
+            "fc2_bias": ((d,), ("norm",), zeros),
         }
         self.layers = nnx.Dict({k: stacked_param(rngs, L, s, a, f, pd) for k, (s, a, f) in spec.items()})
         self.post_norm_scale = param((d,), ("norm",), ones)
         self.post_norm_bias = param((d,), ("norm",), zeros)
         if c.use_head:
-            self.head = nnx.Dict({
-                "probe": param((1, 1, d), (None, None, "vision_embed")),
-                "in_kernel": param((d, 3 * d), ("vision_embed", "vision_heads")),
-                "in_bias": param((3 * d,), ("vision_heads",), zeros),
-                "out_kernel": param((d, d), ("vision_heads", "vision_embed")),
-                "out_bias": param((d,), ("norm",), zeros),
-                "ln_scale": param((d,), ("norm",), ones),
-                "ln_bias": param((d,), ("norm",), zeros),
-                "fc1_kernel": param((d, i), ("vision_embed", "vision_mlp")),
-                "fc1_bias": param((i,), ("vision_mlp",), zeros),
-                "fc2_kernel": param((i, d), ("vision_mlp", "vision_embed")),
-                "fc2_bias": param((d,), ("norm",), zeros),
-            })
+            self.head = nnx.Dict(
+                {
+                    "probe": param((1, 1, d), (None, None, "vision_embed")),
+                    "in_kernel": param((d, 3 * d), ("vision_embed", "vision_heads")),
+                    "in_bias": param((3 * d,), ("vision_heads",), zeros),
+                    "out_kernel": param((d, d), ("vision_heads", "vision_embed")),
+                    "out_bias": param((d,), ("norm",), zeros),
+                    "ln_scale": param((d,), ("norm",), ones),
+                    "ln_bias": param((d,), ("norm",), zeros),
+                    "fc1_kernel": param((d, i), ("vision_embed", "vision_mlp")),
+                    "fc1_bias": param((i,), ("vision_mlp",), zeros),
+                    "fc2_kernel": param((i, d), ("vision_mlp", "vision_embed")),
+                    "fc2_bias": param((d,), ("norm",), zeros),
+                }
+            )
 
     def embed_patches(self, pixels_nhwc: jax.Array) -> jax.Array:
         c = self.config
         n, h, w, ch = pixels_nhwc.shape
         if (h, w, ch) != (c.image_size, c.image_size, c.num_channels):
-            raise ValueError(f"pixels must be [N, {c.image_size}, {c.image_size}, {c.num_channels}], got {pixels_nhwc.shape}")
+            raise ValueError(
+                f"pixels must be [N, {c.image_size}, {c.image_size}, {c.num_channels}], got {pixels_nhwc.shape}"
+            )
         P, g = c.patch_size, c.image_size // c.patch_size
         # A stride-P "valid" convolution: pixels past the last whole patch are never seen
         # (384 px with 14 px patches: 27 x 27 patches, the last 6 rows/columns unused).

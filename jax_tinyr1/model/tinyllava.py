@@ -33,11 +33,14 @@ class TinyLlavaConfig:
 
     def __post_init__(self):
         if self.connector.vision_hidden_size != self.vision.hidden_size:
-            raise ValueError(f"connector.vision_hidden_size {self.connector.vision_hidden_size} != "
-                             f"vision.hidden_size {self.vision.hidden_size}")
+            raise ValueError(
+                f"connector.vision_hidden_size {self.connector.vision_hidden_size} != "
+                f"vision.hidden_size {self.vision.hidden_size}"
+            )
         if self.connector.hidden_size != self.llm.hidden_size:
-            raise ValueError(f"connector.hidden_size {self.connector.hidden_size} != llm.hidden_size "
-                             f"{self.llm.hidden_size}")
+            raise ValueError(
+                f"connector.hidden_size {self.connector.hidden_size} != llm.hidden_size {self.llm.hidden_size}"
+            )
         if self.num_frames <= 0:
             raise ValueError(f"num_frames must be positive, got {self.num_frames}")
 
@@ -50,7 +53,7 @@ def splice_positions(input_ids_bt: jax.Array, num_visual: int, image_token_index
     """For the spliced sequence of length T - 1 + V: which output slots are visual, and for
     each slot the source index into the text (or into the visual block). Every row holds
     exactly one placeholder (the template guarantees it)."""
-    b, t = input_ids_bt.shape
+    _b, t = input_ids_bt.shape
     p_b1 = jnp.argmax(input_ids_bt == image_token_index, axis=1)[:, None]
     j = jnp.arange(t - 1 + num_visual)[None, :]
     is_visual = (j >= p_b1) & (j < p_b1 + num_visual)
@@ -58,8 +61,13 @@ def splice_positions(input_ids_bt: jax.Array, num_visual: int, image_token_index
     return is_visual, jnp.clip(text_index, 0, t - 1), jnp.clip(j - p_b1, 0, num_visual - 1)
 
 
-def splice_tokens(values_bt: jax.Array, input_ids_bt: jax.Array, num_visual: int, fill: int,
-                  image_token_index: int = IMAGE_TOKEN_INDEX) -> jax.Array:
+def splice_tokens(
+    values_bt: jax.Array,
+    input_ids_bt: jax.Array,
+    num_visual: int,
+    fill: int,
+    image_token_index: int = IMAGE_TOKEN_INDEX,
+) -> jax.Array:
     """Integer per-token arrays (labels, masks) laid out like the spliced sequence; visual
     slots get `fill`."""
     is_visual, text_index, _ = splice_positions(input_ids_bt, num_visual, image_token_index)
@@ -94,8 +102,9 @@ class TinyLlavaVideo(nnx.Module):
         mask = jnp.where(is_visual, 1, jnp.take_along_axis(attention_mask_bt.astype(jnp.int32), text_index, axis=1))
         return embeds, mask
 
-    def hidden_states(self, input_ids, attention_mask=None, *, pixels=None, visual_embeds=None,
-                      cache: KVCache | None = None):
+    def hidden_states(
+        self, input_ids, attention_mask=None, *, pixels=None, visual_embeds=None, cache: KVCache | None = None
+    ):
         if (pixels is None) == (visual_embeds is None):
             raise ValueError("pass exactly one of pixels and visual_embeds")
         visual = self.encode_video(pixels) if visual_embeds is None else visual_embeds

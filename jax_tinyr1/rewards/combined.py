@@ -34,8 +34,16 @@ class RewardConfig:
             raise ValueError(f"unknown reward function(s) {unknown}; registered: {sorted(REWARD_FUNCTIONS)}")
 
 
-def total_reward(text: str, label: str, *, rule: str = "paper", max_len: int = 1200,
-                 r0: float = 0.5, r1: float = 0.5, r2: float = 1.0) -> float:
+def total_reward(
+    text: str,
+    label: str,
+    *,
+    rule: str = "paper",
+    max_len: int = 1200,
+    r0: float = 0.5,
+    r1: float = 0.5,
+    r2: float = 1.0,
+) -> float:
     """paper:  AR + FR if FR > 0 and right; -FR if FR > 0 and wrong; -(r0 + r1 + r2) if FR = 0.
     original_code: acc + (2 acc - 1) * FR with the code's accuracy; a 0 becomes -(r0 + r1 + r2)
     (-2 with the defaults, the code's constant)."""
@@ -72,8 +80,9 @@ register_reward("format")(lambda text, label: format_reward(text))
 register_reward("accuracy")(lambda text, label: accuracy_reward(text, label))
 
 
-def batch_rewards(completions: Sequence[str], labels: Sequence[str], config: RewardConfig = RewardConfig()
-                  ) -> dict[str, np.ndarray]:
+def batch_rewards(
+    completions: Sequence[str], labels: Sequence[str], config: RewardConfig = RewardConfig()
+) -> dict[str, np.ndarray]:
     """Per-completion arrays: `format`, `accuracy`, each extra function, and `total`."""
     if len(completions) != len(labels):
         raise ValueError(f"{len(completions)} completions but {len(labels)} labels")
@@ -81,13 +90,16 @@ def batch_rewards(completions: Sequence[str], labels: Sequence[str], config: Rew
     out = {
         "format": [format_reward(t, max_len=c.max_len, r0=c.r0, r1=c.r1) for t in completions],
         "accuracy": [accuracy_reward(t, y, r2=c.r2) for t, y in zip(completions, labels, strict=True)],
-        "total": [total_reward(t, y, rule=c.rule, max_len=c.max_len, r0=c.r0, r1=c.r1, r2=c.r2)
-                  for t, y in zip(completions, labels, strict=True)],
+        "total": [
+            total_reward(t, y, rule=c.rule, max_len=c.max_len, r0=c.r0, r1=c.r1, r2=c.r2)
+            for t, y in zip(completions, labels, strict=True)
+        ],
     }
     out = {k: np.asarray(v, np.float32) for k, v in out.items()}
     for name, weight in c.extra.items():
-        values = np.asarray([REWARD_FUNCTIONS[name](t, y) for t, y in zip(completions, labels, strict=True)],
-                            np.float32)
+        values = np.asarray(
+            [REWARD_FUNCTIONS[name](t, y) for t, y in zip(completions, labels, strict=True)], np.float32
+        )
         out[name] = values
         out["total"] = out["total"] + weight * values
     return out
