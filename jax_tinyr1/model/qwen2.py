@@ -171,10 +171,13 @@ class Qwen2ForCausalLM(nnx.Module):
     def embed_tokens(self, input_ids_bt: jax.Array) -> jax.Array:
         return jnp.take(self.embed[...], input_ids_bt, axis=0).astype(DTYPES[self.config.dtype])
 
+    def output_embedding(self) -> jax.Array:
+        """The LM head as [D, vocab] (the transposed token embedding when tied)."""
+        return self.embed[...].T if self.config.tie_word_embeddings else self.lm_head[...]
+
     def logits_from_hidden(self, h_btd: jax.Array) -> jax.Array:
-        """Logits in float32. Callers that need log-probs of a few tokens should chunk."""
-        w_dv = self.embed[...].T if self.config.tie_word_embeddings else self.lm_head[...]
-        return dense(h_btd, w_dv).astype(jnp.float32)
+        """Logits in float32. For log-probs of given tokens use grpo.logprobs (chunked)."""
+        return dense(h_btd, self.output_embedding()).astype(jnp.float32)
 
     def hidden_states(
         self,

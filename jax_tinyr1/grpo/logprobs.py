@@ -1,0 +1,44 @@
+"""Per-token log-probs of given tokens, computed chunk by chunk over the sequence so that the
+[batch, seq, vocab] float32 logits never exist (151,936 x 512 x 4 bytes = 311 MB per row
+for Qwen2.5). Each chunk is rematerialised in the backward pass, so only the hidden states
+are kept between the forward and the backward."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jax_tinyr1.model.layers import dense
+
+
+def chunked_token_logps(h_bnd: jax.Array, w_dv: jax.Array, tokens_bn: jax.Array, *, temperature: float = 1.0,
+                        chunk: int = 128) -> tuple[jax.Array, jax.Array]:
+    """(log-probs [B, N] of `tokens` under softmax(h @ w / temperature), entropy [B, N]).
+
+    `h` are the final hidden states at the positions that predict `tokens`; `w` the output
+    embedding [D, vocab]. N is padded up to a multiple of `chunk` internally.
+    """
+    b, n, d = h_bnd.shape
+    chunk = min(chunk, n)
+    pad = -n % chunk
+    h = jnp.pad(h_bnd, ((0, 0), (0, pad), (0, 0)))
+    tokens = jnp.pad(tokens_bn, ((0, 0), (0, pad)))
+    steps = (n + pad) // chunk
+    h_cbkd = h.reshape(b, steps, chunk, d).transpose(1, 0, 2, 3)
+    tokens_cbk = tokens.reshape(b, steps, chunk).transpose(1, 0, 2)
+
+    @jax.checkpoint
+    def one(args):
+        h_bkd, tokens_bk = args
+        logits = dense(h_bkd, w_dv).astype(jnp.float32) / temperature
+        logp_all = jax.nn.log_softmax(logits, axis=-1)
+        logp = jnp.take_along_axis(logp_all, tokens_bk[..., None], axis=-1)[..., 0]
+        entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+        return logp, entropy
+
+    logp_cbk, entropy_cbk = jax.lax.map(one, (h_cbkd, tokens_cbk))
+
+    def unchunk(x_cbk):
+        return x_cbk.transpose(1, 0, 2).reshape(b, steps * chunk)[:, :n]
+
+    return unchunk(logp_cbk), unchunk(entropy_cbk)

@@ -1,0 +1,112 @@
+"""Batched sampling with a KV cache: G completions for each of B prompts in one program.
+
+Prompts arrive as embeddings (the video model splices its visual block in first), right
+padded. They are left-aligned so that every row's last prompt token sits in the same slot;
+positions stay each row's own 0..len-1 and padding stays masked, so nothing changes
+mathematically. Each prompt is prefilled once and its cache copied to its G rows; then
+one `lax.while_loop` decodes one token per step for all B x G rows over the preallocated
+cache, stopping early once every row has produced EOS. Shapes are static, the parameters
+are arguments and the cache lives inside the loop, so one compilation serves every step.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jax_tinyr1.grpo.sampling import SamplingConfig, sample_tokens
+from jax_tinyr1.model.qwen2 import KVCache, Qwen2ForCausalLM
+
+
+class Rollout(NamedTuple):
+    tokens: jax.Array  # [B*G, N] int32, pad after EOS
+    completion_mask: jax.Array  # [B*G, N] int32: 1 up to and including the first EOS
+    logps: jax.Array  # [B*G, N] float32: log-probs of the sampled tokens (0 where masked)
+    lengths: jax.Array  # [B*G] completion lengths
+    truncated: jax.Array  # [B*G] bool: no EOS within max_new_tokens
+
+
+def left_align(x_bt, mask_bt):
+    """Shift every row right so that its real tokens end at the last slot. Returns the shifted
+    array, mask and per-token positions (each row's own 0..len-1)."""
+    t = mask_bt.shape[1]
+    lengths = jnp.sum(mask_bt, axis=1).astype(jnp.int32)
+    source = jnp.arange(t)[None, :] - (t - lengths)[:, None]  # slot j holds token j - pad
+    valid = source >= 0
+    index = jnp.clip(source, 0, t - 1)
+    gather = index if x_bt.ndim == 2 else index[..., None]
+    shifted = jnp.take_along_axis(x_bt, gather, axis=1)
+    return shifted, valid.astype(jnp.int32), jnp.where(valid, source, 0).astype(jnp.int32)
+
+
+def generate(llm: Qwen2ForCausalLM, prompt_embeds_btd, prompt_mask_bt, key, config: SamplingConfig,
+             group_size: int = 1) -> Rollout:
+    """Sample `group_size` completions per prompt. Call under jit (see `make_sampler`)."""
+    b, t, _ = prompt_embeds_btd.shape
+    n = config.max_new_tokens
+    rows = b * group_size
+    embeds, mask, positions = left_align(prompt_embeds_btd, prompt_mask_bt)
+    lengths = jnp.sum(mask, axis=1)
+
+    cache = KVCache.init(llm.config, b, t + n)
+    h, cache = llm.hidden_states(inputs_embeds=embeds, attention_mask=mask, positions=positions, cache=cache)
+    first_logits = llm.logits_from_hidden(h[:, -1])
+
+    # Copy each prompt's cache, logits and length to its G completion rows.
+    def repeat(x):
+        return jnp.repeat(x, group_size, axis=0)
+
+    cache = KVCache(
+        jnp.repeat(cache.k_lbskh, group_size, axis=1),
+        jnp.repeat(cache.v_lbskh, group_size, axis=1),
+        repeat(cache.valid_bs),
+        cache.index,
+    )
+    logits, lengths = repeat(first_logits), repeat(lengths)
+
+    tokens0 = jnp.full((rows, n), config.pad_id, jnp.int32)
+    logps0 = jnp.zeros((rows, n), jnp.float32)
+    done0 = jnp.zeros((rows,), bool)
+
+    def cond(carry):
+        step, _, _, _, _, done, _ = carry
+        return (step < n) & ~jnp.all(done)
+
+    def body(carry):
+        step, cache, logits, tokens, logps, done, key = carry
+        key, sub = jax.random.split(key)
+        token, logp = sample_tokens(sub, logits, config)
+        token = jnp.where(done, config.pad_id, token)
+        logp = jnp.where(done, 0.0, logp)
+        tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, step))
+        logps = jax.lax.dynamic_update_slice(logps, logp[:, None], (0, step))
+        done = done | (token == config.eos_id)
+        h, cache = llm.hidden_states(token[:, None], positions=(lengths + step)[:, None], cache=cache)
+        return step + 1, cache, llm.logits_from_hidden(h[:, 0]), tokens, logps, done, key
+
+    carry = (jnp.zeros((), jnp.int32), cache, logits, tokens0, logps0, done0, key)
+    _, _, _, tokens, logps, done, _ = jax.lax.while_loop(cond, body, carry)
+    completion_mask = completion_mask_from_tokens(tokens, config.eos_id)
+    return Rollout(tokens, completion_mask, logps * completion_mask, completion_mask.sum(axis=1), ~done)
+
+
+def completion_mask_from_tokens(tokens_bn, eos_id: int) -> jax.Array:
+    """1 up to and including the first EOS (all ones when there is none)."""
+    is_eos = tokens_bn == eos_id
+    eos_before = jnp.cumsum(is_eos, axis=1) - is_eos  # EOS strictly before this token
+    return (eos_before == 0).astype(jnp.int32)
+
+
+def make_sampler(graphdef: nnx.GraphDef, config: SamplingConfig, group_size: int):
+    """A jitted `sample(llm_state, prompt_embeds, prompt_mask, key) -> Rollout`; parameters
+    are arguments, so new weights never recompile it."""
+
+    @jax.jit
+    def sample(llm_state, prompt_embeds_btd, prompt_mask_bt, key):
+        llm = nnx.merge(graphdef, llm_state)
+        return generate(llm, prompt_embeds_btd, prompt_mask_bt, key, config, group_size)
+
+    return sample

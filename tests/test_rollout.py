@@ -1,0 +1,111 @@
+"""The sampler: greedy == HF generate, log-probs == a full forward, determinism, sampled
+frequencies == the (filtered) softmax, one compilation, EOS handling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+from hf_reference import convert_and_load, random_qwen2
+
+from jax_tinyr1.grpo.rollout import completion_mask_from_tokens, left_align, make_sampler
+from jax_tinyr1.grpo.sampling import SamplingConfig, filter_logits, sample_tokens
+
+EOS = 3
+
+
+def _prompts():
+    rng = np.random.RandomState(0)
+    lengths = np.array([6, 3, 5])
+    ids = rng.randint(4, 256, (3, 6))
+    mask = (np.arange(6)[None] < lengths[:, None]).astype(np.int32)
+    return ids * mask, mask, lengths
+
+
+def test_greedy_matches_hf_generate_and_logps_match_full_forward(tmp_path):
+    reference = random_qwen2(tmp_path / "hf", seed=4)
+    model, _ = convert_and_load(tmp_path / "hf", tmp_path / "fx")
+    ids, mask, lengths = _prompts()
+    config = SamplingConfig(max_new_tokens=10, temperature=0.0, top_k=0, eos_id=EOS, pad_id=0)
+    graphdef, state = nnx.split(model)
+    sample = make_sampler(graphdef, config, group_size=2)
+    out = sample(state, model.embed_tokens(jnp.asarray(ids)), jnp.asarray(mask), jax.random.key(0))
+    tokens, cmask, logps = (np.asarray(x) for x in (out.tokens, out.completion_mask, out.logps))
+    assert tokens.shape == (6, 10)
+    np.testing.assert_array_equal(tokens[0::2], tokens[1::2])  # greedy: both group members agree
+    for row, n in enumerate(lengths):
+        prompt = torch.tensor(ids[row : row + 1, :n])
+        with torch.no_grad():
+            hf = reference.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                    max_new_tokens=10, eos_token_id=EOS, pad_token_id=0)[0, n:].numpy()
+        ours = tokens[2 * row][: cmask[2 * row].sum()]
+        np.testing.assert_array_equal(ours, hf[: len(ours)])
+        # Log-probs of the sampled tokens equal a full forward over prompt + completion.
+        full = np.concatenate([ids[row, :n], ours])
+        logits = np.asarray(model(jnp.asarray(full[None])))[0]
+        want = jax.nn.log_softmax(logits[n - 1 : n - 1 + len(ours)], axis=-1)
+        want = np.take_along_axis(np.asarray(want), ours[:, None], axis=1)[:, 0]
+        np.testing.assert_allclose(logps[2 * row][: len(ours)], want, rtol=1e-5, atol=1e-5)
+    # Same shapes again: no new compilation.
+    sample(state, model.embed_tokens(jnp.asarray(ids)), jnp.asarray(mask), jax.random.key(1))
+    assert sample._cache_size() == 1
+
+
+def test_sampling_is_deterministic_per_key_and_stops_at_eos(tmp_path):
+    random_qwen2(tmp_path / "hf", seed=5)
+    model, _ = convert_and_load(tmp_path / "hf", tmp_path / "fx")
+    ids, mask, _ = _prompts()
+    config = SamplingConfig(max_new_tokens=12, temperature=1.0, top_k=20, top_p=0.9, eos_id=EOS, pad_id=0)
+    graphdef, state = nnx.split(model)
+    sample = make_sampler(graphdef, config, group_size=4)
+    embeds = model.embed_tokens(jnp.asarray(ids))
+    a = sample(state, embeds, jnp.asarray(mask), jax.random.key(7))
+    b = sample(state, embeds, jnp.asarray(mask), jax.random.key(7))
+    c = sample(state, embeds, jnp.asarray(mask), jax.random.key(8))
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+    assert not np.array_equal(np.asarray(a.tokens), np.asarray(c.tokens))
+    tokens, cmask = np.asarray(a.tokens), np.asarray(a.completion_mask)
+    for row in range(tokens.shape[0]):
+        eos = np.flatnonzero(tokens[row] == EOS)
+        if eos.size:  # mask covers up to and including the first EOS; the rest is pad
+            assert cmask[row].sum() == eos[0] + 1 and np.all(tokens[row, eos[0] + 1 :] == 0)
+        else:
+            assert cmask[row].sum() == 12 and bool(a.truncated[row])
+    assert np.all(np.asarray(a.logps)[cmask == 0] == 0)
+
+
+def test_sampled_frequencies_match_the_softmax():
+    logits = jnp.asarray([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
+    n = 40_000
+    keys = jax.random.split(jax.random.key(0), n)
+
+    def draw(config):
+        tokens, _ = jax.vmap(lambda k: sample_tokens(k, logits, config))(keys)
+        return np.bincount(np.asarray(tokens[:, 0]), minlength=6) / n
+
+    for config in (SamplingConfig(temperature=1.0, top_k=0), SamplingConfig(temperature=0.7, top_k=3),
+                   SamplingConfig(temperature=1.0, top_k=0, top_p=0.8)):
+        expected = np.asarray(jax.nn.softmax(filter_logits(logits / config.temperature, config.top_k, config.top_p)))[0]
+        observed = draw(config)
+        # 5 standard errors of a binomial proportion.
+        tolerance = 5 * np.sqrt(expected * (1 - expected) / n) + 1e-9
+        assert np.all(np.abs(observed - expected) <= tolerance), (config, observed, expected)
+    filtered = np.asarray(filter_logits(logits, 3, 1.0))[0]
+    assert np.isinf(filtered[3:]).all() and np.isfinite(filtered[:3]).all()
+    p = np.asarray(jax.nn.softmax(logits))[0]  # [0.56, 0.21, 0.13, 0.08, ...]
+    kept = np.isfinite(np.asarray(filter_logits(logits, 0, 0.8))[0])
+    # The smallest top set holding at least 0.8: the first two hold 0.77, the first three 0.89.
+    assert p[0] + p[1] < 0.8 <= p[0] + p[1] + p[2]
+    assert kept.tolist() == [True, True, True, False, False, False]
+
+
+def test_left_align_and_completion_mask():
+    x = jnp.asarray([[1, 2, 3, 0], [4, 5, 0, 0]])
+    m = jnp.asarray([[1, 1, 1, 0], [1, 1, 0, 0]])
+    shifted, mask, positions = left_align(x, m)
+    np.testing.assert_array_equal(np.asarray(shifted)[np.asarray(mask) == 1], [1, 2, 3, 4, 5])
+    np.testing.assert_array_equal(np.asarray(mask), [[0, 1, 1, 1], [0, 0, 1, 1]])
+    np.testing.assert_array_equal(np.asarray(positions), [[0, 0, 1, 2], [0, 0, 0, 1]])
+    tokens = jnp.asarray([[5, 3, 3, 9], [5, 6, 7, 8], [3, 0, 0, 0]])
+    np.testing.assert_array_equal(np.asarray(completion_mask_from_tokens(tokens, 3)),
+                                  [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
