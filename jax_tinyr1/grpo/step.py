@@ -165,7 +165,8 @@ def make_update(graphdef, config: GRPOConfig, optimizer: optax.GradientTransform
             loss, metrics = jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
         updates, opt_state = optimizer.update(grads, opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
+                   **{f"grad_norm/{part}": optax.tree.norm(g) for part, g in grads.items()}}
         return trainable, opt_state, metrics
 
     return update

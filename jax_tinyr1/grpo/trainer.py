@@ -1,0 +1,142 @@
+"""The host side of a GRPO step: encode videos -> sample G completions per prompt -> decode
+-> rewards -> group advantages -> mu updates -> metrics (named as TRL names them)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from jax_tinyr1.grpo.advantages import group_advantages
+from jax_tinyr1.grpo.rollout import Rollout, generate
+from jax_tinyr1.grpo.step import (
+    Batch,
+    GRPOConfig,
+    batch_sharding,
+    jit_update,
+    make_logps,
+    make_optimizer,
+    make_update,
+    opt_state_shardings,
+    param_shardings,
+    split_params,
+)
+from jax_tinyr1.model.sharding import make_mesh
+from jax_tinyr1.rewards import RewardConfig, batch_rewards
+
+
+class GRPOTrainer:
+    """Owns the sharded parameters, the optimizer state and the compiled functions."""
+
+    def __init__(self, model: nnx.Module, config: GRPOConfig, *, mesh: Mesh | None = None, tokenizer=None,
+                 reward_config: RewardConfig = RewardConfig()):
+        self.config, self.tokenizer, self.reward_config = config, tokenizer, reward_config
+        self.mesh = mesh or make_mesh(devices=jax.devices()[:1])
+        state = nnx.state(model)
+        self.graphdef, trainable, frozen = split_params(model, config.trainable)
+        frozen_parts = tuple(frozen)
+        self.shardings = {
+            "trainable": param_shardings(state, self.mesh, config.trainable),
+            "frozen": param_shardings(state, self.mesh, frozen_parts),
+        }
+        self.trainable = jax.device_put(trainable, self.shardings["trainable"])
+        self.frozen = jax.device_put(frozen, self.shardings["frozen"])
+        self.optimizer = make_optimizer(config.optimizer)
+        abstract_opt = jax.eval_shape(self.optimizer.init, self.trainable)
+        self.shardings["opt_state"] = opt_state_shardings(self.optimizer, abstract_opt, self.shardings["trainable"],
+                                                          self.mesh)
+        self.opt_state = jax.jit(self.optimizer.init, out_shardings=self.shardings["opt_state"])(self.trainable)
+        # The reference policy: the trainable parameters as they start (frozen copy).
+        self.reference = (jax.tree.map(jnp.copy, self.trainable) if config.objective.beta != 0 else None)
+        self._update = make_update(self.graphdef, config, self.optimizer)
+        self._jitted_update = None
+        self._logps = jax.jit(make_logps(self.graphdef, config))
+        self.vision_graphdef = nnx.graphdef(model.vision)
+        self._encode = jax.jit(self._encode_impl)
+        self._rollout = jax.jit(self._rollout_impl)
+        self.step_count = 0
+
+    # -- compiled pieces ------------------------------------------------------------------
+    def _model(self, trainable, frozen):
+        return nnx.merge(self.graphdef, {**frozen, **trainable})
+
+    def _encode_impl(self, trainable, frozen, pixels_bfhwc):
+        """Vision features [B, F * tokens, width], once per prompt and step (no gradient)."""
+        vision = nnx.merge(self.vision_graphdef, {**frozen, **trainable}["vision"])
+        b, f = pixels_bfhwc.shape[:2]
+        feats = vision(pixels_bfhwc.reshape(b * f, *pixels_bfhwc.shape[2:]))
+        return jax.lax.stop_gradient(feats.reshape(b, f * feats.shape[1], feats.shape[2]))
+
+    def _rollout_impl(self, trainable, frozen, prompt_ids, prompt_mask, features, key) -> Rollout:
+        model = self._model(trainable, frozen)
+        embeds, mask = model.embed_inputs(prompt_ids, prompt_mask, model.connector(features))
+        return generate(model.llm, embeds, mask, key, self.config.sampling, self.config.group_size)
+
+    def encode(self, pixels_bfhwc) -> jax.Array:
+        return self._encode(self.trainable, self.frozen, pixels_bfhwc)
+
+    def rollout(self, prompt_ids, prompt_mask, features, key) -> Rollout:
+        return self._rollout(self.trainable, self.frozen, prompt_ids, prompt_mask, features, key)
+
+    def update(self, batch: Batch):
+        if self._jitted_update is None:
+            self._jitted_update = jit_update(self._update, self.mesh, self.shardings, batch)
+        batch = jax.device_put(batch, Batch(*(None if x is None else batch_sharding(self.mesh, x.shape)
+                                              for x in batch)))
+        self.trainable, self.opt_state, metrics = self._jitted_update(self.trainable, self.frozen, self.opt_state,
+                                                                      batch)
+        return metrics
+
+    # -- one step -------------------------------------------------------------------------
+    def step(self, prompt_ids: np.ndarray, prompt_mask: np.ndarray, pixels: np.ndarray, labels: Sequence[str],
+             key: jax.Array) -> dict[str, float]:
+        """One GRPO step on B prompts (ids with one image placeholder, right padded)."""
+        start = time.perf_counter()
+        c, g = self.config, self.config.group_size
+        sample_key, noise_key = jax.random.split(key)
+        features = self.encode(jnp.asarray(pixels))
+        out = self.rollout(jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), features, sample_key)
+        tokens, cmask = np.asarray(out.tokens), np.asarray(out.completion_mask)
+        texts = [self.tokenizer.decode(t[m > 0], skip_special_tokens=True).strip() for t, m in zip(tokens, cmask)]
+        rewards = batch_rewards(texts, [y for y in labels for _ in range(g)], self.reward_config)
+        advantages, adv_metrics = group_advantages(jnp.asarray(rewards["total"]), g,
+                                                   scale=c.objective.advantage_scale,
+                                                   noise_std=c.objective.noise_std, key=noise_key)
+        batch = Batch(
+            prompt_ids=jnp.repeat(jnp.asarray(prompt_ids), g, axis=0),
+            prompt_mask=jnp.repeat(jnp.asarray(prompt_mask), g, axis=0),
+            features=features, tokens=out.tokens, completion_mask=out.completion_mask,
+            advantages=advantages, old_logps=None, ref_logps=None,
+        )
+        extra = {}
+        if self.reference is not None:
+            batch = batch._replace(ref_logps=self._logps(self.reference, self.frozen, batch))
+        if c.updates_per_rollout > 1:  # real old-policy log-probs for the later updates
+            old = self._logps(self.trainable, self.frozen, batch)
+            batch = batch._replace(old_logps=old)
+            extra["sampler_logp_abs_diff"] = float(jnp.sum(jnp.abs(old - out.logps) * cmask) / max(cmask.sum(), 1))
+        for _ in range(c.updates_per_rollout):
+            metrics = self.update(batch)
+        self.step_count += 1
+        lengths = cmask.sum(axis=1)
+        elapsed = time.perf_counter() - start
+        return {
+            "reward": float(rewards["total"].mean()),
+            "reward_std": float(adv_metrics["reward_std"]),
+            **{f"rewards/{k}/mean": float(v.mean()) for k, v in rewards.items() if k != "total"},
+            "completions/mean_length": float(lengths.mean()),
+            "completions/min_length": float(lengths.min()),
+            "completions/max_length": float(lengths.max()),
+            "completions/clipped_ratio": float(np.asarray(out.truncated).mean()),
+            "frac_reward_zero_std": float(adv_metrics["frac_reward_zero_std"]),
+            **{k: float(v) for k, v in metrics.items()},
+            **extra,
+            "step_time": elapsed,
+            "tokens_per_second": float(lengths.sum() / elapsed),
+        }
+
