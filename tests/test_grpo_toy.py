@@ -1,0 +1,70 @@
+"""A tiny end-to-end GRPO loop on a toy task: the update must go the right way.
+
+Cold start first (as the paper does): a few supervised steps teach the format with a random
+answer letter. Then GRPO with the paper's reward rule, where "B" is always right, must raise
+the mean reward clearly."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jax_tinyr1.data.template import grpo_question, prompt_ids
+from jax_tinyr1.data.tokenizer import build_tokenizer
+from jax_tinyr1.grpo import OBJECTIVE_PRESETS
+from jax_tinyr1.grpo.sampling import SamplingConfig
+from jax_tinyr1.grpo.step import Batch, GRPOConfig, OptimizerConfig
+from jax_tinyr1.grpo.trainer import GRPOTrainer
+from jax_tinyr1.model import build_model, get_preset
+
+QUESTION = "Which letter?\nA. first\nB. second\nC. third\nD. fourth"
+
+
+def _completion(letter):
+    return f"<think>I think so.</think><answer>{letter}</answer>"
+
+
+def test_grpo_raises_the_reward_on_a_toy_task(tmp_path):
+    corpus = [grpo_question(QUESTION)] * 5 + [_completion(x) for x in "ABCD"] * 20
+    tokenizer = build_tokenizer(corpus, tmp_path / "tok", vocab_size=300)
+    ids = prompt_ids(tokenizer, grpo_question(QUESTION))
+    eos = tokenizer.eos_token_id
+    config = GRPOConfig(
+        objective=dataclasses.replace(OBJECTIVE_PRESETS["paper"], beta=0.0),
+        sampling=SamplingConfig(max_new_tokens=20, temperature=1.0, top_k=0, eos_id=eos, pad_id=eos),
+        optimizer=OptimizerConfig(learning_rate=2e-3, warmup_ratio=0.0, total_steps=1000),
+        group_size=8,
+    )
+    model = build_model("tinyllava", get_preset("tinyllava-video-tiny"), seed=0)
+    cold_start = dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer, learning_rate=1e-2))
+    trainer = GRPOTrainer(model, cold_start, tokenizer=tokenizer)
+    prompts = np.asarray([ids, ids])
+    mask = np.ones_like(prompts)
+    pixels = np.random.RandomState(0).uniform(-1, 1, (2, 4, 16, 16, 3)).astype(np.float32)
+
+    # Cold start: advantage +1 on fixed targets is plain maximum likelihood.
+    targets = [tokenizer(_completion(x), add_special_tokens=False)["input_ids"] + [eos] for x in "ABCDABCDABCDABCD"]
+    tokens = np.full((16, 20), eos)
+    cmask = np.zeros((16, 20), np.int32)
+    for row, t in enumerate(targets):
+        tokens[row, : len(t)], cmask[row, : len(t)] = t, 1
+    features = trainer.encode(jnp.asarray(pixels))
+    sft = Batch(jnp.asarray(np.repeat(prompts, 8, 0)), jnp.asarray(np.repeat(mask, 8, 0)), features,
+                jnp.asarray(tokens), jnp.asarray(cmask), jnp.ones(16), None, None)
+    for _ in range(70):
+        trainer.update(sft)
+    model = nnx.merge(trainer.graphdef, {**trainer.frozen, **trainer.trainable})
+    trainer = GRPOTrainer(model, config, tokenizer=tokenizer)
+
+    rewards = []
+    key = jax.random.key(0)
+    for _ in range(24):
+        key, sub = jax.random.split(key)
+        metrics = trainer.step(prompts, mask, pixels, ["B", "B"], sub)
+        rewards.append(metrics["reward"])
+    early, late = np.mean(rewards[:4]), np.mean(rewards[-4:])
+    assert metrics["rewards/format/mean"] > 0.4  # the format (FR >= 0.5 when kept) survives
+    assert late > early + 0.5, rewards
+    assert late > 0.8, rewards  # mostly right answers (1 + FR each; a wrong one is -FR)
