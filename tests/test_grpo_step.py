@@ -39,7 +39,7 @@ def _batch(trainer):
     features = trainer.encode(jnp.asarray(pixels))
     batch = Batch(jnp.asarray(np.repeat(ids, 4, 0)), jnp.asarray(np.repeat(mask, 4, 0)), features,
                   jnp.asarray(tokens), jnp.asarray(cmask), jnp.asarray(rng.randn(8).astype(np.float32)), None, None)
-    return batch._replace(ref_logps=trainer._logps(trainer.reference, trainer.frozen, batch) - 0.05)
+    return batch._replace(ref_logps=trainer.logps(trainer.reference, batch) - 0.05)
 
 
 def _flat(tree):

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_tinyr1.model.layers import dense
+from jax_tinyr1.model.sharding import constrain_batch
 
 
 def chunked_token_logps(h_bnd: jax.Array, w_dv: jax.Array, tokens_bn: jax.Array, *, temperature: float = 1.0,
@@ -30,6 +31,7 @@ def chunked_token_logps(h_bnd: jax.Array, w_dv: jax.Array, tokens_bn: jax.Array,
     @jax.checkpoint
     def one(args):
         h_bkd, tokens_bk = args
+        h_bkd = constrain_batch(h_bkd)
         logits = dense(h_bkd, w_dv).astype(jnp.float32) / temperature
         logp_all = jax.nn.log_softmax(logits, axis=-1)
         logp = jnp.take_along_axis(logp_all, tokens_bk[..., None], axis=-1)[..., 0]

@@ -78,18 +78,25 @@ class GRPOTrainer:
         return generate(model.llm, embeds, mask, key, self.config.sampling, self.config.group_size)
 
     def encode(self, pixels_bfhwc) -> jax.Array:
-        return self._encode(self.trainable, self.frozen, pixels_bfhwc)
+        with jax.set_mesh(self.mesh):  # activations follow the data-parallel axes
+            return self._encode(self.trainable, self.frozen, pixels_bfhwc)
 
     def rollout(self, prompt_ids, prompt_mask, features, key) -> Rollout:
-        return self._rollout(self.trainable, self.frozen, prompt_ids, prompt_mask, features, key)
+        with jax.set_mesh(self.mesh):
+            return self._rollout(self.trainable, self.frozen, prompt_ids, prompt_mask, features, key)
+
+    def logps(self, trainable, batch: Batch) -> jax.Array:
+        with jax.set_mesh(self.mesh):
+            return self._logps(trainable, self.frozen, batch)
 
     def update(self, batch: Batch):
         if self._jitted_update is None:
             self._jitted_update = jit_update(self._update, self.mesh, self.shardings, batch)
         batch = jax.device_put(batch, Batch(*(None if x is None else batch_sharding(self.mesh, x.shape)
                                               for x in batch)))
-        self.trainable, self.opt_state, metrics = self._jitted_update(self.trainable, self.frozen, self.opt_state,
-                                                                      batch)
+        with jax.set_mesh(self.mesh):
+            self.trainable, self.opt_state, metrics = self._jitted_update(self.trainable, self.frozen,
+                                                                          self.opt_state, batch)
         return metrics
 
     # -- one step -------------------------------------------------------------------------
@@ -102,7 +109,7 @@ class GRPOTrainer:
         features = self.encode(jnp.asarray(pixels))
         out = self.rollout(jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), features, sample_key)
         tokens, cmask = np.asarray(out.tokens), np.asarray(out.completion_mask)
-        texts = [self.tokenizer.decode(t[m > 0], skip_special_tokens=True).strip() for t, m in zip(tokens, cmask)]
+        texts = [self.tokenizer.decode(t[m > 0], skip_special_tokens=True).strip() for t, m in zip(tokens, cmask, strict=True)]
         rewards = batch_rewards(texts, [y for y in labels for _ in range(g)], self.reward_config)
         advantages, adv_metrics = group_advantages(jnp.asarray(rewards["total"]), g,
                                                    scale=c.objective.advantage_scale,
@@ -115,9 +122,9 @@ class GRPOTrainer:
         )
         extra = {}
         if self.reference is not None:
-            batch = batch._replace(ref_logps=self._logps(self.reference, self.frozen, batch))
+            batch = batch._replace(ref_logps=self.logps(self.reference, batch))
         if c.updates_per_rollout > 1:  # real old-policy log-probs for the later updates
-            old = self._logps(self.trainable, self.frozen, batch)
+            old = self.logps(self.trainable, batch)
             batch = batch._replace(old_logps=old)
             extra["sampler_logp_abs_diff"] = float(jnp.sum(jnp.abs(old - out.logps) * cmask) / max(cmask.sum(), 1))
         for _ in range(c.updates_per_rollout):

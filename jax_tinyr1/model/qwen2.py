@@ -23,6 +23,7 @@ from jax_tinyr1.model.layers import (
     rms_norm,
     stacked_param,
 )
+from jax_tinyr1.model.sharding import constrain_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +108,7 @@ def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax
 
 def _layer_body(config: Qwen2Config, p: dict[str, jax.Array], x_btd, cos, sin, mask_b1ts, kv):
     """One decoder layer. `kv` is None (no cache) or (k_bskh, v_bskh, write_index)."""
+    x_btd = constrain_batch(x_btd)
     b, t, _ = x_btd.shape
     n, k, h = config.num_heads, config.num_kv_heads, config.head_dim
     dtype = x_btd.dtype
@@ -131,7 +133,7 @@ def _layer_body(config: Qwen2Config, p: dict[str, jax.Array], x_btd, cos, sin, m
 
     y = rms_norm(x_btd, p["post_attention_norm"], config.rms_norm_eps)
     gated = jax.nn.silu(dense(y, p["gate_kernel"])) * dense(y, p["up_kernel"])
-    return x_btd + dense(gated, p["down_kernel"]), new_kv
+    return constrain_batch(x_btd + dense(gated, p["down_kernel"])), new_kv
 
 
 class Qwen2ForCausalLM(nnx.Module):

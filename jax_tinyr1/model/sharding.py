@@ -69,7 +69,7 @@ def state_shardings(state: nnx.State, mesh: Mesh) -> dict:
     variable's `axes` metadata."""
     out: dict = {}
     for path, var in nnx.to_flat_state(state):
-        shape = tuple(var[...].shape)
+        shape = tuple(var.get_value().shape)  # works for abstract (ShapeDtypeStruct) values too
         axes = var.get_metadata().get("axes") or (None,) * len(shape)
         node = out
         for key in path[:-1]:
@@ -85,3 +85,15 @@ def shard_model(model: nnx.Module, mesh: Mesh) -> nnx.Module:
     nnx.replace_by_pure_dict(state, placed)
     nnx.update(model, state)
     return model
+
+
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """Pin an activation's leading (batch) axis to the data-parallel mesh axes when a mesh is
+    set (`jax.set_mesh`) and divides it. Without this, SPMD propagation may follow the
+    parameters' fsdp split of the model dimension and replicate the batch."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(("data", "fsdp")) <= set(mesh.axis_names):
+        return x
+    if x.shape[0] % (mesh.shape["data"] * mesh.shape["fsdp"]):
+        return x
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(("data", "fsdp")))

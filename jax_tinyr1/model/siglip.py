@@ -15,6 +15,7 @@ import jax
 from flax import nnx
 
 from jax_tinyr1.model.layers import DTYPES, dense, layer_norm, stacked_param
+from jax_tinyr1.model.sharding import constrain_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,7 @@ class SiglipConfig:
 
 
 def _encoder_layer(config: SiglipConfig, p: dict[str, jax.Array], x_bnd: jax.Array) -> jax.Array:
+    x_bnd = constrain_batch(x_bnd)
     b, n, d = x_bnd.shape
     heads, eps = config.num_heads, config.layer_norm_eps
     y = layer_norm(x_bnd, p["ln1_scale"], p["ln1_bias"], eps)
@@ -72,7 +74,7 @@ def _encoder_layer(config: SiglipConfig, p: dict[str, jax.Array], x_bnd: jax.Arr
     x_bnd = x_bnd + dense(attn, p["o_kernel"], p["o_bias"])
     y = layer_norm(x_bnd, p["ln2_scale"], p["ln2_bias"], eps)
     y = jax.nn.gelu(dense(y, p["fc1_kernel"], p["fc1_bias"]), approximate=True)
-    return x_bnd + dense(y, p["fc2_kernel"], p["fc2_bias"])
+    return constrain_batch(x_bnd + dense(y, p["fc2_kernel"], p["fc2_bias"]))
 
 
 class SiglipVisionModel(nnx.Module):
