@@ -57,8 +57,16 @@ def peak_bytes(compiled) -> int:
     return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
 
 
-def plan(preset: str, fsdp: int, prompts_per_device: int, group: int, frames: int, new_tokens: int,
-         prompt_tokens: int, remat: bool) -> dict[str, float]:
+def plan(
+    preset: str,
+    fsdp: int,
+    prompts_per_device: int,
+    group: int,
+    frames: int,
+    new_tokens: int,
+    prompt_tokens: int,
+    remat: bool,
+) -> dict[str, float]:
     base = get_preset(preset)
     config = dataclasses.replace(
         base,
@@ -67,8 +75,12 @@ def plan(preset: str, fsdp: int, prompts_per_device: int, group: int, frames: in
         connector=dataclasses.replace(base.connector, dtype="bfloat16"),
         num_frames=frames,
     )
-    grpo = GRPOConfig(objective=OBJECTIVE_PRESETS["paper"], sampling=SamplingConfig(max_new_tokens=new_tokens),
-                      optimizer=OptimizerConfig(), group_size=group)
+    grpo = GRPOConfig(
+        objective=OBJECTIVE_PRESETS["paper"],
+        sampling=SamplingConfig(max_new_tokens=new_tokens),
+        optimizer=OptimizerConfig(),
+        group_size=group,
+    )
     mesh = make_mesh(fsdp=fsdp)
     model = abstract_model("tinyllava", config)
     state = nnx.state(model)
@@ -93,10 +105,13 @@ def plan(preset: str, fsdp: int, prompts_per_device: int, group: int, frames: in
         return jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, shape))
 
     batch = Batch(
-        prompt_ids=spec((rows, text), jnp.int32), prompt_mask=spec((rows, text), jnp.int32),
+        prompt_ids=spec((rows, text), jnp.int32),
+        prompt_mask=spec((rows, text), jnp.int32),
         features=spec((b, feature_len, config.vision.hidden_size), jnp.bfloat16),
-        tokens=spec((rows, new_tokens), jnp.int32), completion_mask=spec((rows, new_tokens), jnp.int32),
-        advantages=spec((rows,), jnp.float32), old_logps=None,
+        tokens=spec((rows, new_tokens), jnp.int32),
+        completion_mask=spec((rows, new_tokens), jnp.int32),
+        advantages=spec((rows,), jnp.float32),
+        old_logps=None,
         ref_logps=spec((rows, new_tokens), jnp.float32),
     )
     replicated = NamedSharding(mesh, P())
@@ -105,9 +120,16 @@ def plan(preset: str, fsdp: int, prompts_per_device: int, group: int, frames: in
     update = make_update(graphdef, grpo, optimizer)
     batch_shard = Batch(*(None if x is None else x.sharding for x in batch))
     start = time.perf_counter()
-    compiled = jax.jit(update, in_shardings=(tr_shard, fr_shard, opt_shard, batch_shard),
-                       out_shardings=(tr_shard, opt_shard, replicated), donate_argnums=(0, 2)
-                       ).lower(trainable, frozen, opt_state, batch).compile()
+    compiled = (
+        jax.jit(
+            update,
+            in_shardings=(tr_shard, fr_shard, opt_shard, batch_shard),
+            out_shardings=(tr_shard, opt_shard, replicated),
+            donate_argnums=(0, 2),
+        )
+        .lower(trainable, frozen, opt_state, batch)
+        .compile()
+    )
     results["update_compile_s"] = time.perf_counter() - start
     results["update_peak_gib"] = peak_bytes(compiled) / GIB
     m = compiled.memory_analysis()
@@ -116,12 +138,14 @@ def plan(preset: str, fsdp: int, prompts_per_device: int, group: int, frames: in
 
     reference = make_logps(graphdef, grpo)  # the frozen reference policy's log-probs
     start = time.perf_counter()
-    compiled = jax.jit(reference, in_shardings=(tr_shard, fr_shard, batch_shard)).lower(
-        trainable, frozen, batch).compile()
+    compiled = (
+        jax.jit(reference, in_shardings=(tr_shard, fr_shard, batch_shard)).lower(trainable, frozen, batch).compile()
+    )
     results["reference_compile_s"] = time.perf_counter() - start
     # The reference copy of the trainable weights lives beside the policy during the step.
-    results["reference_peak_gib"] = peak_bytes(compiled) / GIB + sum(
-        x.size * x.dtype.itemsize for x in jax.tree.leaves(trainable)) / fsdp / GIB
+    results["reference_peak_gib"] = (
+        peak_bytes(compiled) / GIB + sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(trainable)) / fsdp / GIB
+    )
 
     def rollout(trainable, frozen, prompt_ids, prompt_mask, pixels, key):
         model = nnx.merge(graphdef, {**frozen, **trainable})
@@ -132,17 +156,34 @@ def plan(preset: str, fsdp: int, prompts_per_device: int, group: int, frames: in
     image = config.vision.image_size
     pixels = spec((b, frames, image, image, 3), jnp.bfloat16)
     start = time.perf_counter()
-    compiled = jax.jit(rollout).lower(trainable, frozen, spec((b, text), jnp.int32), spec((b, text), jnp.int32),
-                                      pixels, jax.ShapeDtypeStruct((), jax.random.key(0).dtype,
-                                                                   sharding=replicated)).compile()
+    compiled = (
+        jax.jit(rollout)
+        .lower(
+            trainable,
+            frozen,
+            spec((b, text), jnp.int32),
+            spec((b, text), jnp.int32),
+            pixels,
+            jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated),
+        )
+        .compile()
+    )
     results["rollout_compile_s"] = time.perf_counter() - start
     results["rollout_peak_gib"] = peak_bytes(compiled) / GIB
-    kv_bytes = 2 * config.llm.num_layers * rows * (prompt_tokens + new_tokens) * config.llm.num_kv_heads * (
-        config.llm.head_dim) * 2
+    kv_bytes = (
+        2
+        * config.llm.num_layers
+        * rows
+        * (prompt_tokens + new_tokens)
+        * config.llm.num_kv_heads
+        * (config.llm.head_dim)
+        * 2
+    )
     results["kv_cache_total_gib"] = kv_bytes / GIB
     results["kv_cache_per_device_gib"] = kv_bytes / fsdp / GIB
-    results["per_device_peak_gib"] = max(results["update_peak_gib"], results["reference_peak_gib"],
-                                         results["rollout_peak_gib"])
+    results["per_device_peak_gib"] = max(
+        results["update_peak_gib"], results["reference_peak_gib"], results["rollout_peak_gib"]
+    )
     return results
 
 
@@ -158,8 +199,16 @@ def main(argv=None) -> int:
     parser.add_argument("--no-remat", action="store_true")
     args = parser.parse_args(argv)
     with jax.set_mesh(make_mesh(fsdp=args.fsdp)):
-        results = plan(args.preset, args.fsdp, args.prompts_per_device, args.group, args.frames, args.new_tokens,
-                       args.prompt_tokens, remat=not args.no_remat)
+        results = plan(
+            args.preset,
+            args.fsdp,
+            args.prompts_per_device,
+            args.group,
+            args.frames,
+            args.new_tokens,
+            args.prompt_tokens,
+            remat=not args.no_remat,
+        )
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; preset {args.preset}; mesh fsdp={args.fsdp}")
     print(f"{'figure':<28}{'value':>12}")
     for key, value in results.items():

@@ -37,8 +37,16 @@ def _batch(trainer):
     cmask = np.ones((8, 5), np.int32)
     cmask[1, 4:] = 0
     features = trainer.encode(jnp.asarray(pixels))
-    batch = Batch(jnp.asarray(np.repeat(ids, 4, 0)), jnp.asarray(np.repeat(mask, 4, 0)), features,
-                  jnp.asarray(tokens), jnp.asarray(cmask), jnp.asarray(rng.randn(8).astype(np.float32)), None, None)
+    batch = Batch(
+        jnp.asarray(np.repeat(ids, 4, 0)),
+        jnp.asarray(np.repeat(mask, 4, 0)),
+        features,
+        jnp.asarray(tokens),
+        jnp.asarray(cmask),
+        jnp.asarray(rng.randn(8).astype(np.float32)),
+        None,
+        None,
+    )
     return batch._replace(ref_logps=trainer.logps(trainer.reference, batch) - 0.05)
 
 
@@ -86,13 +94,15 @@ def test_update_is_the_same_on_every_mesh():
         adam = trainer.opt_state[1][0]
         assert adam.mu["llm"]["layers"]["q_kernel"].sharding.spec == P(None, "fsdp", "tensor")
         assert adam.nu["connector"]["layers"]["ff_in"].sharding == (
-            trainer.trainable["connector"]["layers"]["ff_in"].sharding)
+            trainer.trainable["connector"]["layers"]["ff_in"].sharding
+        )
         assert "vision" not in trainer.trainable and "vision" in trainer.frozen
 
 
 def test_gradient_accumulation_equals_one_big_batch():
-    _assert_same_update(_run_update(PAPER_LR), _run_update(dataclasses.replace(PAPER_LR, micro_batches=2)),
-                        "micro_batches=2")
+    _assert_same_update(
+        _run_update(PAPER_LR), _run_update(dataclasses.replace(PAPER_LR, micro_batches=2)), "micro_batches=2"
+    )
 
 
 def test_vision_tower_is_frozen_and_reference_skipped_without_kl():

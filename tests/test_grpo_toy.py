@@ -51,8 +51,16 @@ def test_grpo_raises_the_reward_on_a_toy_task(tmp_path):
     for row, t in enumerate(targets):
         tokens[row, : len(t)], cmask[row, : len(t)] = t, 1
     features = trainer.encode(jnp.asarray(pixels))
-    sft = Batch(jnp.asarray(np.repeat(prompts, 8, 0)), jnp.asarray(np.repeat(mask, 8, 0)), features,
-                jnp.asarray(tokens), jnp.asarray(cmask), jnp.ones(16), None, None)
+    sft = Batch(
+        jnp.asarray(np.repeat(prompts, 8, 0)),
+        jnp.asarray(np.repeat(mask, 8, 0)),
+        features,
+        jnp.asarray(tokens),
+        jnp.asarray(cmask),
+        jnp.ones(16),
+        None,
+        None,
+    )
     for _ in range(70):
         trainer.update(sft)
     model = nnx.merge(trainer.graphdef, {**trainer.frozen, **trainer.trainable})
@@ -78,10 +86,12 @@ def test_mu_two_uses_real_old_policy_log_probs(tmp_path):
         objective=OBJECTIVE_PRESETS["paper"],
         sampling=SamplingConfig(max_new_tokens=8, temperature=1.0, top_k=0, eos_id=eos, pad_id=eos),
         optimizer=OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.0, total_steps=10),
-        group_size=4, updates_per_rollout=2,
+        group_size=4,
+        updates_per_rollout=2,
     )
-    trainer = GRPOTrainer(build_model("tinyllava", get_preset("tinyllava-video-tiny"), seed=1), config,
-                          tokenizer=tokenizer)
+    trainer = GRPOTrainer(
+        build_model("tinyllava", get_preset("tinyllava-video-tiny"), seed=1), config, tokenizer=tokenizer
+    )
     pixels = np.random.RandomState(0).uniform(-1, 1, (2, 4, 16, 16, 3)).astype(np.float32)
     prompts = np.asarray([ids, ids])
     metrics = trainer.step(prompts, np.ones_like(prompts), pixels, ["A", "C"], jax.random.key(3))
@@ -89,7 +99,21 @@ def test_mu_two_uses_real_old_policy_log_probs(tmp_path):
     assert metrics["sampler_logp_abs_diff"] < 1e-4
     # ...and the second update sees a ratio != 1 because the first one moved the policy.
     assert metrics["ratio/max"] > 1.0 + 1e-4 or metrics["ratio/min"] < 1.0 - 1e-4
-    assert {"reward", "reward_std", "rewards/format/mean", "rewards/accuracy/mean", "completions/mean_length",
-            "completions/min_length", "completions/max_length", "completions/clipped_ratio",
-            "frac_reward_zero_std", "kl", "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean",
-            "clip_ratio/region_mean", "step_time", "tokens_per_second"} <= set(metrics)
+    assert {
+        "reward",
+        "reward_std",
+        "rewards/format/mean",
+        "rewards/accuracy/mean",
+        "completions/mean_length",
+        "completions/min_length",
+        "completions/max_length",
+        "completions/clipped_ratio",
+        "frac_reward_zero_std",
+        "kl",
+        "entropy",
+        "clip_ratio/low_mean",
+        "clip_ratio/high_mean",
+        "clip_ratio/region_mean",
+        "step_time",
+        "tokens_per_second",
+    } <= set(metrics)

@@ -36,8 +36,14 @@ def test_greedy_matches_hf_generate_and_logps_match_full_forward(tmp_path):
     for row, n in enumerate(lengths):
         prompt = torch.tensor(ids[row : row + 1, :n])
         with torch.no_grad():
-            hf = reference.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                    max_new_tokens=10, eos_token_id=EOS, pad_token_id=0)[0, n:].numpy()
+            hf = reference.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                do_sample=False,
+                max_new_tokens=10,
+                eos_token_id=EOS,
+                pad_token_id=0,
+            )[0, n:].numpy()
         ours = tokens[2 * row][: cmask[2 * row].sum()]
         np.testing.assert_array_equal(ours, hf[: len(ours)])
         # Log-probs of the sampled tokens equal a full forward over prompt + completion.
@@ -83,8 +89,11 @@ def test_sampled_frequencies_match_the_softmax():
         tokens, _ = jax.vmap(lambda k: sample_tokens(k, logits, config))(keys)
         return np.bincount(np.asarray(tokens[:, 0]), minlength=6) / n
 
-    for config in (SamplingConfig(temperature=1.0, top_k=0), SamplingConfig(temperature=0.7, top_k=3),
-                   SamplingConfig(temperature=1.0, top_k=0, top_p=0.8)):
+    for config in (
+        SamplingConfig(temperature=1.0, top_k=0),
+        SamplingConfig(temperature=0.7, top_k=3),
+        SamplingConfig(temperature=1.0, top_k=0, top_p=0.8),
+    ):
         expected = np.asarray(jax.nn.softmax(filter_logits(logits / config.temperature, config.top_k, config.top_p)))[0]
         observed = draw(config)
         # 5 standard errors of a binomial proportion.
@@ -107,5 +116,6 @@ def test_left_align_and_completion_mask():
     np.testing.assert_array_equal(np.asarray(mask), [[0, 1, 1, 1], [0, 0, 1, 1]])
     np.testing.assert_array_equal(np.asarray(positions), [[0, 0, 1, 2], [0, 0, 0, 1]])
     tokens = jnp.asarray([[5, 3, 3, 9], [5, 6, 7, 8], [3, 0, 0, 0]])
-    np.testing.assert_array_equal(np.asarray(completion_mask_from_tokens(tokens, 3)),
-                                  [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    np.testing.assert_array_equal(
+        np.asarray(completion_mask_from_tokens(tokens, 3)), [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    )

@@ -31,7 +31,7 @@ def _scaled_size(width: int, height: int, max_side: int | None) -> tuple[int, in
     if max_side is None or max(width, height) <= max_side:
         return width, height
     scale = max_side / max(width, height)
-    return max(2, int(round(width * scale / 2)) * 2), max(2, int(round(height * scale / 2)) * 2)
+    return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
 
 def read_frames(path: str | Path, num_frames: int = 16, *, max_side: int | None = DEFAULT_MAX_SIDE) -> np.ndarray:
@@ -44,15 +44,14 @@ def read_frames(path: str | Path, num_frames: int = 16, *, max_side: int | None 
     if path.stat().st_size == 0:
         raise VideoDecodeError(f"{path}: empty file (0 bytes)")
     try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=0)
         height, width = reader[0].shape[:2] if len(reader) else (0, 0)
         total = len(reader)
         if total == 0:
             raise VideoDecodeError(f"{path}: the video has no decodable frames")
         target = _scaled_size(width, height, max_side)
         if target != (width, height):  # reopen with the decoder's own scaler: never holds full frames
-            reader = decord.VideoReader(str(path), ctx=decord.cpu(0), width=target[0], height=target[1],
-                                        num_threads=1)
+            reader = decord.VideoReader(str(path), ctx=decord.cpu(0), width=target[0], height=target[1], num_threads=0)
         frames = reader.get_batch(frame_indices(total, num_frames).tolist()).asnumpy()
     except VideoDecodeError:
         raise

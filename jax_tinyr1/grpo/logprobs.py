@@ -12,8 +12,9 @@ from jax_tinyr1.model.layers import dense
 from jax_tinyr1.model.sharding import constrain_batch
 
 
-def chunked_token_logps(h_bnd: jax.Array, w_dv: jax.Array, tokens_bn: jax.Array, *, temperature: float = 1.0,
-                        chunk: int = 128) -> tuple[jax.Array, jax.Array]:
+def chunked_token_logps(
+    h_bnd: jax.Array, w_dv: jax.Array, tokens_bn: jax.Array, *, temperature: float = 1.0, chunk: int = 128
+) -> tuple[jax.Array, jax.Array]:
     """(log-probs [B, N] of `tokens` under softmax(h @ w / temperature), entropy [B, N]).
 
     `h` are the final hidden states at the positions that predict `tokens`; `w` the output

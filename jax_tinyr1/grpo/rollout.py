@@ -42,8 +42,9 @@ def left_align(x_bt, mask_bt):
     return shifted, valid.astype(jnp.int32), jnp.where(valid, source, 0).astype(jnp.int32)
 
 
-def generate(llm: Qwen2ForCausalLM, prompt_embeds_btd, prompt_mask_bt, key, config: SamplingConfig,
-             group_size: int = 1) -> Rollout:
+def generate(
+    llm: Qwen2ForCausalLM, prompt_embeds_btd, prompt_mask_bt, key, config: SamplingConfig, group_size: int = 1
+) -> Rollout:
     """Sample `group_size` completions per prompt. Call under jit (see `make_sampler`)."""
     b, t, _ = prompt_embeds_btd.shape
     n = config.max_new_tokens

@@ -97,11 +97,24 @@ def split_params(model: nnx.Module, trainable: tuple[str, ...] = TRAINABLE_DEFAU
     unknown = set(trainable) - set(pure)
     if unknown:
         raise ValueError(f"trainable parts {sorted(unknown)} are not parts of the model {sorted(pure)}")
-    return graphdef, {k: v for k, v in pure.items() if k in trainable}, {k: v for k, v in pure.items() if k not in trainable}
+    return (
+        graphdef,
+        {k: v for k, v in pure.items() if k in trainable},
+        {k: v for k, v in pure.items() if k not in trainable},
+    )
 
 
-def completion_logps(model: TinyLlavaVideo, prompt_ids, prompt_mask, visual_rvd, tokens, completion_mask, *,
-                     temperature: float, chunk: int):
+def completion_logps(
+    model: TinyLlavaVideo,
+    prompt_ids,
+    prompt_mask,
+    visual_rvd,
+    tokens,
+    completion_mask,
+    *,
+    temperature: float,
+    chunk: int,
+):
     """Log-probs [R, N] (and entropies) of the completion tokens under `model`."""
     embeds, mask = model.embed_inputs(prompt_ids, prompt_mask, visual_rvd)
     embeds, mask, positions = left_align(embeds, mask)
@@ -112,8 +125,9 @@ def completion_logps(model: TinyLlavaVideo, prompt_ids, prompt_mask, visual_rvd,
     full_positions = jnp.concatenate([positions, lengths[:, None] + jnp.arange(n)[None, :]], axis=1)
     h, _ = model.llm.hidden_states(inputs_embeds=full, attention_mask=full_mask, positions=full_positions)
     # The hidden state at slot p - 1 + j predicts completion token j.
-    return chunked_token_logps(h[:, p - 1 : p - 1 + n], model.llm.output_embedding(), tokens,
-                               temperature=temperature, chunk=chunk)
+    return chunked_token_logps(
+        h[:, p - 1 : p - 1 + n], model.llm.output_embedding(), tokens, temperature=temperature, chunk=chunk
+    )
 
 
 def _policy_logps(graphdef, trainable, frozen, batch: Batch, config: GRPOConfig):
@@ -121,17 +135,34 @@ def _policy_logps(graphdef, trainable, frozen, batch: Batch, config: GRPOConfig)
     group = batch.prompt_ids.shape[0] // batch.features.shape[0]
     visual = jnp.repeat(model.connector(batch.features), group, axis=0)
     temperature = config.sampling.temperature or 1.0
-    return completion_logps(model, batch.prompt_ids, batch.prompt_mask, visual, batch.tokens,
-                            batch.completion_mask, temperature=temperature, chunk=config.logprob_chunk)
+    return completion_logps(
+        model,
+        batch.prompt_ids,
+        batch.prompt_mask,
+        visual,
+        batch.tokens,
+        batch.completion_mask,
+        temperature=temperature,
+        chunk=config.logprob_chunk,
+    )
 
 
 def _loss(trainable, graphdef, frozen, batch: Batch, config: GRPOConfig):
     logps, entropy = _policy_logps(graphdef, trainable, frozen, batch, config)
     old = jax.lax.stop_gradient(logps) if batch.old_logps is None else batch.old_logps
     o = config.objective
-    loss, metrics = grpo_loss(logps, old, batch.ref_logps, batch.advantages, batch.completion_mask, beta=o.beta,
-                              epsilon_low=o.epsilon_low, epsilon_high=o.epsilon_high, aggregation=o.aggregation,
-                              max_completion_length=config.sampling.max_new_tokens)
+    loss, metrics = grpo_loss(
+        logps,
+        old,
+        batch.ref_logps,
+        batch.advantages,
+        batch.completion_mask,
+        beta=o.beta,
+        epsilon_low=o.epsilon_low,
+        epsilon_high=o.epsilon_high,
+        aggregation=o.aggregation,
+        max_completion_length=config.sampling.max_new_tokens,
+    )
     mask = batch.completion_mask.astype(jnp.float32)
     metrics["entropy"] = jnp.sum(entropy * mask) / jnp.maximum(jnp.sum(mask), 1.0)
     return loss, metrics
@@ -155,6 +186,7 @@ def make_update(graphdef, config: GRPOConfig, optimizer: optax.GradientTransform
         if config.micro_batches == 1:
             (loss, metrics), grads = grad_fn(trainable, graphdef, frozen, batch, config)
         else:
+
             def accumulate(acc, micro):
                 (loss, metrics), grads = grad_fn(trainable, graphdef, frozen, micro, config)
                 return jax.tree.map(jnp.add, acc, grads), (loss, metrics)
@@ -165,8 +197,12 @@ def make_update(graphdef, config: GRPOConfig, optimizer: optax.GradientTransform
             loss, metrics = jnp.mean(losses), jax.tree.map(jnp.mean, metrics)
         updates, opt_state = optimizer.update(grads, opt_state, trainable)
         trainable = optax.apply_updates(trainable, updates)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
-                   **{f"grad_norm/{part}": optax.tree.norm(g) for part, g in grads.items()}}
+        metrics = {
+            **metrics,
+            "loss": loss,
+            "grad_norm": optax.tree.norm(grads),
+            **{f"grad_norm/{part}": optax.tree.norm(g) for part, g in grads.items()},
+        }
         return trainable, opt_state, metrics
 
     return update
@@ -202,8 +238,9 @@ def batch_shardings(mesh: Mesh, batch: Batch) -> Batch:
 def opt_state_shardings(optimizer, opt_state, trainable_shardings, mesh: Mesh):
     """Moments shard like their parameters; counters are replicated."""
     replicated = NamedSharding(mesh, P())
-    return optax.tree_map_params(optimizer, lambda _, s: s, opt_state, trainable_shardings,
-                                 transform_non_params=lambda _: replicated)
+    return optax.tree_map_params(
+        optimizer, lambda _, s: s, opt_state, trainable_shardings, transform_non_params=lambda _: replicated
+    )
 
 
 def jit_update(update, mesh: Mesh, shardings: dict[str, Any], batch_example: Batch):
@@ -212,8 +249,12 @@ def jit_update(update, mesh: Mesh, shardings: dict[str, Any], batch_example: Bat
     metrics_sharding = NamedSharding(mesh, P())
     return jax.jit(
         update,
-        in_shardings=(shardings["trainable"], shardings["frozen"], shardings["opt_state"],
-                      batch_shardings(mesh, batch_example)),
+        in_shardings=(
+            shardings["trainable"],
+            shardings["frozen"],
+            shardings["opt_state"],
+            batch_shardings(mesh, batch_example),
+        ),
         out_shardings=(shardings["trainable"], shardings["opt_state"], metrics_sharding),
         donate_argnums=(0, 2),
     )

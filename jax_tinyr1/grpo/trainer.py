@@ -33,8 +33,15 @@ from jax_tinyr1.rewards import RewardConfig, batch_rewards
 class GRPOTrainer:
     """Owns the sharded parameters, the optimizer state and the compiled functions."""
 
-    def __init__(self, model: nnx.Module, config: GRPOConfig, *, mesh: Mesh | None = None, tokenizer=None,
-                 reward_config: RewardConfig = RewardConfig()):
+    def __init__(
+        self,
+        model: nnx.Module,
+        config: GRPOConfig,
+        *,
+        mesh: Mesh | None = None,
+        tokenizer=None,
+        reward_config: RewardConfig = RewardConfig(),
+    ):
         self.config, self.tokenizer, self.reward_config = config, tokenizer, reward_config
         self.mesh = mesh or make_mesh(devices=jax.devices()[:1])
         state = nnx.state(model)
@@ -48,11 +55,12 @@ class GRPOTrainer:
         self.frozen = jax.device_put(frozen, self.shardings["frozen"])
         self.optimizer = make_optimizer(config.optimizer)
         abstract_opt = jax.eval_shape(self.optimizer.init, self.trainable)
-        self.shardings["opt_state"] = opt_state_shardings(self.optimizer, abstract_opt, self.shardings["trainable"],
-                                                          self.mesh)
+        self.shardings["opt_state"] = opt_state_shardings(
+            self.optimizer, abstract_opt, self.shardings["trainable"], self.mesh
+        )
         self.opt_state = jax.jit(self.optimizer.init, out_shardings=self.shardings["opt_state"])(self.trainable)
         # The reference policy: the trainable parameters as they start (frozen copy).
-        self.reference = (jax.tree.map(jnp.copy, self.trainable) if config.objective.beta != 0 else None)
+        self.reference = jax.tree.map(jnp.copy, self.trainable) if config.objective.beta != 0 else None
         self._update = make_update(self.graphdef, config, self.optimizer)
         self._jitted_update = None
         self._logps = jax.jit(make_logps(self.graphdef, config))
@@ -92,16 +100,19 @@ class GRPOTrainer:
     def update(self, batch: Batch):
         if self._jitted_update is None:
             self._jitted_update = jit_update(self._update, self.mesh, self.shardings, batch)
-        batch = jax.device_put(batch, Batch(*(None if x is None else batch_sharding(self.mesh, x.shape)
-                                              for x in batch)))
+        batch = jax.device_put(
+            batch, Batch(*(None if x is None else batch_sharding(self.mesh, x.shape) for x in batch))
+        )
         with jax.set_mesh(self.mesh):
-            self.trainable, self.opt_state, metrics = self._jitted_update(self.trainable, self.frozen,
-                                                                          self.opt_state, batch)
+            self.trainable, self.opt_state, metrics = self._jitted_update(
+                self.trainable, self.frozen, self.opt_state, batch
+            )
         return metrics
 
     # -- one step -------------------------------------------------------------------------
-    def step(self, prompt_ids: np.ndarray, prompt_mask: np.ndarray, pixels: np.ndarray, labels: Sequence[str],
-             key: jax.Array) -> dict[str, float]:
+    def step(
+        self, prompt_ids: np.ndarray, prompt_mask: np.ndarray, pixels: np.ndarray, labels: Sequence[str], key: jax.Array
+    ) -> dict[str, float]:
         """One GRPO step on B prompts (ids with one image placeholder, right padded)."""
         start = time.perf_counter()
         c, g = self.config, self.config.group_size
@@ -109,16 +120,27 @@ class GRPOTrainer:
         features = self.encode(jnp.asarray(pixels))
         out = self.rollout(jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), features, sample_key)
         tokens, cmask = np.asarray(out.tokens), np.asarray(out.completion_mask)
-        texts = [self.tokenizer.decode(t[m > 0], skip_special_tokens=True).strip() for t, m in zip(tokens, cmask, strict=True)]
+        texts = [
+            self.tokenizer.decode(t[m > 0], skip_special_tokens=True).strip()
+            for t, m in zip(tokens, cmask, strict=True)
+        ]
         rewards = batch_rewards(texts, [y for y in labels for _ in range(g)], self.reward_config)
-        advantages, adv_metrics = group_advantages(jnp.asarray(rewards["total"]), g,
-                                                   scale=c.objective.advantage_scale,
-                                                   noise_std=c.objective.noise_std, key=noise_key)
+        advantages, adv_metrics = group_advantages(
+            jnp.asarray(rewards["total"]),
+            g,
+            scale=c.objective.advantage_scale,
+            noise_std=c.objective.noise_std,
+            key=noise_key,
+        )
         batch = Batch(
             prompt_ids=jnp.repeat(jnp.asarray(prompt_ids), g, axis=0),
             prompt_mask=jnp.repeat(jnp.asarray(prompt_mask), g, axis=0),
-            features=features, tokens=out.tokens, completion_mask=out.completion_mask,
-            advantages=advantages, old_logps=None, ref_logps=None,
+            features=features,
+            tokens=out.tokens,
+            completion_mask=out.completion_mask,
+            advantages=advantages,
+            old_logps=None,
+            ref_logps=None,
         )
         extra = {}
         if self.reference is not None:
@@ -146,4 +168,3 @@ class GRPOTrainer:
             "step_time": elapsed,
             "tokens_per_second": float(lengths.sum() / elapsed),
         }
-

@@ -1,0 +1,252 @@
+"""Data set formats parsed into one record type.
+
+Training: the GRPO JSONL (`problem`, `solution`, `video_filename`) and the cold-start JSON
+(`video`, `conversations`). Evaluation: MVBench task JSONs, Video-MME parquet rows, MLVU
+JSON, MMVU `validation.json` (multiple-choice items). Every error names the file and the
+line (JSONL) or index (JSON lists, parquet rows). Under the `skip` policy a bad item is
+counted and logged, and parsing goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jax_tinyr1.data.policy import BadInputPolicy, DataError
+from jax_tinyr1.rewards.accuracy import answer_content
+
+_OPTION_LINE = re.compile(r"^\s*\(?([A-Z])[.)]\s*(.*\S)?\s*$")
+LETTERS = string.ascii_uppercase
+
+
+@dataclass(frozen=True)
+class Record:
+    video: str  # path relative to the data root
+    question: str  # the question text, options included as "A. ..." lines
+    options: tuple[str, ...]  # option texts, in letter order
+    answer: str  # the right option's letter
+    id: str
+    source: str  # "file:line" or "file[index]", for error messages
+    response: str | None = None  # a reference response (cold start: the reasoning text)
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)  # task, duration, ...
+
+
+def parse_options(problem: str) -> tuple[str, ...]:
+    """Option texts from consecutive lines "A. ...", "B. ..." (in letter order from A)."""
+    options = []
+    for line in problem.splitlines():
+        match = _OPTION_LINE.match(line)
+        if match and match.group(1) == LETTERS[len(options)]:
+            options.append((match.group(2) or "").strip())
+    return tuple(options)
+
+
+def _require(item: dict, keys: tuple[str, ...], where: str) -> None:
+    if not isinstance(item, dict):
+        raise DataError(f"{where}: expected an object, got {type(item).__name__}")
+    missing = [k for k in keys if k not in item]
+    if missing:
+        raise DataError(f"{where}: missing field(s) {missing}")
+
+
+def _check_answer(answer: str | None, options: tuple[str, ...], where: str) -> str:
+    if not options:
+        raise DataError(f"{where}: no options (lines like 'A. ...') found")
+    if answer is None or answer not in LETTERS[: len(options)]:
+        raise DataError(f"{where}: label {answer!r} is not among the options {list(LETTERS[: len(options)])}")
+    return answer
+
+
+def _letter_of(label: str) -> str | None:
+    inner = answer_content(label)
+    text = (label if inner is None else inner).strip()
+    return text[:1].upper() if text[:1].isalpha() else None
+
+
+def _with_options(question: str, options: tuple[str, ...]) -> str:
+    return question.strip() + "\n" + "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+
+
+# -- readers of the raw containers -----------------------------------------------------------
+
+
+def _jsonl_items(path: Path) -> Iterator[tuple[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as e:
+                yield where, DataError(f"{where}: invalid JSON ({e.msg})")
+
+
+def _json_list_items(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        items = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(items, list):
+        raise DataError(f"{path}: expected a JSON list of items")
+    for index, item in enumerate(items):
+        yield f"{path}[{index}]", item
+
+
+def _parse(items: Iterator[tuple[str, Any]], one, policy: BadInputPolicy) -> list[Record]:
+    records = []
+    for where, item in items:
+        try:
+            if isinstance(item, DataError):
+                raise item
+            record = one(item, where)
+        except DataError as e:
+            policy.bad("annotation", str(e))
+            continue
+        if record is not None:
+            records.append(record)
+    return records
+
+
+# -- the formats ------------------------------------------------------------------------------
+
+
+def _grpo_item(item, where):
+    _require(item, ("problem", "solution", "video_filename"), where)
+    video = str(item["video_filename"])
+    if len(video) < 2 or video[1] != "/":
+        raise DataError(f"{where}: video_filename {video!r} lacks the one-character prefix before '/'")
+    options = parse_options(item["problem"])
+    answer = _check_answer(_letter_of(str(item["solution"])), options, where)
+    return Record(
+        video=video[2:],
+        question=item["problem"],
+        options=options,
+        answer=answer,
+        id=str(item.get("id", where)),
+        source=where,
+    )
+
+
+def read_grpo_jsonl(path: Path, policy: BadInputPolicy | None = None) -> list[Record]:
+    return _parse(_jsonl_items(Path(path)), _grpo_item, policy or BadInputPolicy())
+
+
+def _cold_start_item(item, where):
+    _require(item, ("video", "conversations"), where)
+    turns = item["conversations"]
+    if not (isinstance(turns, list) and len(turns) >= 2 and all(isinstance(t, dict) for t in turns)):
+        raise DataError(f"{where}: conversations must be a list of at least two turns")
+    human = next((t.get("value") for t in turns if t.get("from") == "human"), None)
+    gpt = next((t.get("value") for t in turns if t.get("from") == "gpt"), None)
+    if not isinstance(human, str) or not isinstance(gpt, str):
+        raise DataError(f"{where}: conversations need a 'human' and a 'gpt' turn with text values")
+    question = human.replace("<image>", "").strip()
+    options = parse_options(question)
+    answer = _check_answer(_letter_of(gpt), options, where)
+    return Record(
+        video=str(item["video"]),
+        question=question,
+        options=options,
+        answer=answer,
+        id=str(item.get("id", where)),
+        source=where,
+        response=gpt,
+    )
+
+
+def read_cold_start_json(path: Path, policy: BadInputPolicy | None = None) -> list[Record]:
+    return _parse(_json_list_items(Path(path)), _cold_start_item, policy or BadInputPolicy())
+
+
+def _candidates_item(item, where, meta):
+    """MVBench and MLVU: `candidates` texts and the right candidate's text as `answer`."""
+    _require(item, ("video", "question", "candidates", "answer"), where)
+    options = tuple(str(c) for c in item["candidates"])
+    if item["answer"] not in options:
+        raise DataError(f"{where}: answer {item['answer']!r} is not among the candidates")
+    answer = LETTERS[options.index(item["answer"])]
+    return Record(
+        video=str(item["video"]),
+        question=_with_options(item["question"], options),
+        options=options,
+        answer=answer,
+        id=str(item.get("question_id", where)),
+        source=where,
+        meta=meta(item),
+    )
+
+
+def read_mvbench(path: Path, task: str, policy: BadInputPolicy | None = None) -> list[Record]:
+    return _parse(
+        _json_list_items(Path(path)),
+        lambda i, w: _candidates_item(i, w, lambda _: {"task": task}),
+        policy or BadInputPolicy(),
+    )
+
+
+def read_mlvu(path: Path, policy: BadInputPolicy | None = None) -> list[Record]:
+    return _parse(
+        _json_list_items(Path(path)),
+        lambda i, w: _candidates_item(i, w, lambda item: {"task": item.get("question_type", "mlvu")}),
+        policy or BadInputPolicy(),
+    )
+
+
+def _videomme_item(item, where):
+    _require(item, ("videoID", "question", "options", "answer"), where)
+    options = tuple(re.sub(r"^[A-Z][.)]\s*", "", str(o)).strip() for o in item["options"])
+    answer = _check_answer(str(item["answer"]).strip()[:1], options, where)
+    return Record(
+        video=f"{item['videoID']}.mp4",
+        question=_with_options(item["question"], options),
+        options=options,
+        answer=answer,
+        id=str(item.get("question_id", where)),
+        source=where,
+        meta={"task": item.get("task_type", ""), "duration": item.get("duration", "")},
+    )
+
+
+def read_videomme_parquet(path: Path, policy: BadInputPolicy | None = None) -> list[Record]:
+    import pyarrow.parquet as pq  # the `eval` extra
+
+    rows = pq.read_table(path).to_pylist()
+    return _parse(((f"{path}[{i}]", row) for i, row in enumerate(rows)), _videomme_item, policy or BadInputPolicy())
+
+
+def _mmvu_item(item, where):
+    _require(item, ("question", "choices", "answer", "question_type"), where)
+    if item["question_type"] != "multiple-choice":
+        return None  # open-ended items are not part of the multiple-choice evaluation
+    choices = item["choices"]
+    if not isinstance(choices, dict) or not choices:
+        raise DataError(f"{where}: choices must be a non-empty mapping of letters to texts")
+    letters = sorted(choices)
+    options = tuple(str(choices[k]) for k in letters)
+    answer = _check_answer(str(item["answer"]).strip()[:1], options, where)
+    video = str(item.get("video") or item.get("video_path") or "")
+    if not video:
+        raise DataError(f"{where}: missing field(s) ['video']")
+    return Record(
+        video=video,
+        question=_with_options(item["question"], options),
+        options=options,
+        answer=answer,
+        id=str(item.get("id", where)),
+        source=where,
+        meta={
+            "task": item.get("metadata", {}).get("subject", "mmvu")
+            if isinstance(item.get("metadata"), dict)
+            else "mmvu"
+        },
+    )
+
+
+def read_mmvu(path: Path, policy: BadInputPolicy | None = None) -> list[Record]:
+    return _parse(_json_list_items(Path(path)), _mmvu_item, policy or BadInputPolicy())

@@ -1,0 +1,151 @@
+"""The grain input pipeline: records -> seeded shuffle -> this process's shard -> decode and
+preprocess in worker processes -> batches of prompts.
+
+Workers return either a sample or a description of why it could not be made; the main
+process applies the bad-input policy (error or skip-and-count) and fills batches. Its state
+(the grain iterator's position after the last consumed sample, plus the skip counts) is
+saved at batch boundaries, so a restored loader yields exactly the batches an
+uninterrupted one would, with any number of workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import absl.flags
+import grain
+import numpy as np
+
+from jax_tinyr1.data.formats import Record
+from jax_tinyr1.data.policy import BadInputPolicy, DataError, resolve_inside
+from jax_tinyr1.data.preprocess import preprocess_frames
+from jax_tinyr1.data.template import grpo_question, prompt_ids
+from jax_tinyr1.data.video import VideoDecodeError, read_frames
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderConfig:
+    batch_size: int = 1  # prompts per batch (per process)
+    num_frames: int = 16
+    image_size: int = 384
+    seed: int = 0
+    num_epochs: int = 1
+    num_workers: int = 0
+    bad_input: str = "error"  # or "skip"
+    reasoning_prompt: bool = True  # append the paper's <think>/<answer> instruction
+
+    def __post_init__(self):
+        if self.batch_size <= 0 or self.num_frames <= 0 or self.image_size <= 0 or self.num_epochs <= 0:
+            raise ValueError("loader batch_size, num_frames, image_size and num_epochs must be positive")
+        if self.num_workers < 0:
+            raise ValueError(f"loader num_workers must be >= 0, got {self.num_workers}")
+
+
+class MakeSample:
+    """Record -> sample dict (runs in the workers; picklable)."""
+
+    def __init__(self, data_root: Path, tokenizer, config: LoaderConfig):
+        self.data_root, self.tokenizer, self.config = Path(data_root), tokenizer, config
+
+    def __call__(self, record: Record) -> dict[str, Any]:
+        c = self.config
+        try:
+            path = resolve_inside(self.data_root, record.video)
+            frames = read_frames(path, c.num_frames)
+        except (DataError, VideoDecodeError) as e:
+            kind = "path" if isinstance(e, DataError) else "video"
+            return {"error": f"{record.source}: {e}", "kind": kind}
+        question = grpo_question(record.question) if c.reasoning_prompt else record.question
+        return {
+            "pixels": preprocess_frames(frames, c.image_size),
+            "prompt_ids": np.asarray(prompt_ids(self.tokenizer, question), np.int32),
+            "answer": record.answer,
+            "id": record.id,
+        }
+
+
+def collate(samples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Right-pad prompt ids; stack pixels."""
+    width = max(len(s["prompt_ids"]) for s in samples)
+    ids = np.full((len(samples), width), pad_id, np.int32)
+    mask = np.zeros((len(samples), width), np.int32)
+    for row, s in enumerate(samples):
+        ids[row, : len(s["prompt_ids"])] = s["prompt_ids"]
+        mask[row, : len(s["prompt_ids"])] = 1
+    return {
+        "prompt_ids": ids,
+        "prompt_mask": mask,
+        "pixels": np.stack([s["pixels"] for s in samples]),
+        "answers": [s["answer"] for s in samples],
+        "ids": [s["id"] for s in samples],
+    }
+
+
+class VideoQALoader:
+    """Iterates batches; `get_state()` / `set_state()` at batch boundaries."""
+
+    def __init__(
+        self,
+        records: list[Record],
+        data_root: Path,
+        tokenizer,
+        config: LoaderConfig,
+        *,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        if not records:
+            raise DataError("the data set has no usable records")
+        self.config, self.policy = config, BadInputPolicy(config.bad_input)
+        self.pad_id = tokenizer.pad_token_id
+        dataset = grain.MapDataset.source(records).shuffle(seed=config.seed)
+        dataset = dataset[process_index::process_count]  # this host's share
+        dataset = dataset.repeat(config.num_epochs).map(MakeSample(data_root, tokenizer, config))
+        iter_dataset = dataset.to_iter_dataset()
+        if config.num_workers > 0:
+            # grain's workers read absl flags; an entry point that never parsed them would fail.
+            if not absl.flags.FLAGS.is_parsed():
+                absl.flags.FLAGS.mark_as_parsed()
+            iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
+        self._iterator = iter(iter_dataset)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        samples = []
+        while len(samples) < self.config.batch_size:
+            sample = next(self._iterator)  # StopIteration ends the epoch(s); a partial batch is dropped
+            if "error" in sample:
+                self.policy.bad(sample["kind"], sample["error"])
+                continue
+            samples.append(sample)
+        return collate(samples, self.pad_id)
+
+    def close(self) -> None:
+        """Stop worker processes (also done when the loader is garbage collected)."""
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            close()
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "grain": json.loads(json.dumps(self._iterator.get_state(), default=_jsonable)),
+            "skipped": dict(self.policy.counts),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._iterator.set_state(state["grain"])
+        self.policy.counts.clear()
+        self.policy.counts.update(state["skipped"])
+
+
+def _jsonable(value):
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.integer):
+        return int(value)
+    raise TypeError(f"loader state holds a {type(value).__name__}")

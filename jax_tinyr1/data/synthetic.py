@@ -1,0 +1,222 @@
+"""A synthetic video-QA data set with real encoded videos, in the paper's formats.
+
+    python -m jax_tinyr1.data.synthetic --out DIR --n N [--seed S] [--codec libx264]
+
+Short clips of simple moving shapes and questions that need the video: the direction of
+motion, which object appears first, how many circles appear, what colour a square turns
+into. 4 or 5 options; the right letters are balanced; everything is deterministic for a
+seed. Writes DIR/videos/*.mp4, DIR/train.jsonl (the GRPO format) and DIR/cold_start.json
+(with generated <think>...</think><answer>X</answer> reasoning). Each frame carries its own
+index in an 8-bit strip at the bottom (white block = 1), so decoders can be checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import string
+import sys
+from pathlib import Path
+
+import numpy as np
+
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 190, 60),
+    "blue": (50, 90, 230),
+    "yellow": (235, 215, 40),
+    "purple": (150, 60, 200),
+}
+DIRECTIONS = ("left", "right", "up", "down")
+KINDS = ("direction", "first_appearance", "count", "colour_change")
+LETTERS = string.ascii_uppercase
+BACKGROUND = 40
+STAMP_ROWS = 4  # the bottom rows hold the frame index
+
+
+def stamp_index(frame: np.ndarray, index: int) -> None:
+    """Write `index` (0..255) as 8 black/white blocks across the bottom rows."""
+    width = frame.shape[1] // 8
+    for bit in range(8):
+        frame[-STAMP_ROWS:, bit * width : (bit + 1) * width] = 255 if (index >> bit) & 1 else 0
+
+
+def read_index(frame: np.ndarray) -> int:
+    width = frame.shape[1] // 8
+    bits = [frame[-STAMP_ROWS + 1 : -1, b * width + 2 : (b + 1) * width - 2].mean() > 127 for b in range(8)]
+    return sum(1 << b for b, on in enumerate(bits) if on)
+
+
+def _canvas(frames: int, size: int) -> np.ndarray:
+    return np.full((frames, size, size, 3), BACKGROUND, np.uint8)
+
+
+def _square(frame, x, y, r, colour):
+    frame[max(y - r, 0) : y + r, max(x - r, 0) : x + r] = colour
+
+
+def _circle(frame, x, y, r, colour):
+    yy, xx = np.ogrid[: frame.shape[0], : frame.shape[1]]
+    frame[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = colour
+
+
+def _options(correct: str, pool, answer_index: int, rng) -> list[str]:
+    distractors = [p for p in pool if p != correct]
+    rng.shuffle(distractors)
+    options = distractors[: len(pool) - 1]
+    options.insert(answer_index, correct)
+    return options
+
+
+def make_clip(kind: str, answer_index: int, rng: np.random.Generator, frames: int = 24, size: int = 64):
+    """(frames [T, size, size, 3] uint8, question, options, reasoning before the answer)."""
+    video = _canvas(frames, size)
+    usable = size - STAMP_ROWS
+    colour_names = list(COLOURS)
+    if kind == "direction":
+        direction = DIRECTIONS[rng.integers(4)]
+        colour = colour_names[rng.integers(len(colour_names))]
+        a, b = 10, size - 12
+        for t in range(frames):
+            s = a + (b - a) * t // max(frames - 1, 1)
+            x, y = {
+                "right": (s, usable // 2),
+                "left": (size - s, usable // 2),
+                "down": (size // 2, s * usable // size),
+                "up": (size // 2, usable - s * usable // size),
+            }[direction]
+            _square(video[t], x, y, 5, COLOURS[colour])
+        options = _options(direction, DIRECTIONS, answer_index, rng)
+        question = f"In which direction does the {colour} square move?"
+        reasoning = (
+            f"The {colour} square starts near one edge and steadily travels across the frame; "
+            f"following it frame by frame, it moves {direction}."
+        )
+    elif kind == "first_appearance":
+        names = [colour_names[i] for i in rng.permutation(len(colour_names))[:4]]
+        first = names[0]
+        for order, name in enumerate(names):
+            x, y = 10 + 14 * order, 12 + 10 * (order % 2)
+            for t in range(order * frames // 5, frames):
+                _square(video[t], x, y, 4, COLOURS[name])
+        pool = [f"the {n} square" for n in names]
+        options = _options(f"the {first} square", pool, answer_index, rng)
+        question = "Which object appears first in the video?"
+        reasoning = (
+            f"At the start only the {first} square is visible; the others "
+            f"({', '.join(names[1:])}) appear later, one after another."
+        )
+    elif kind == "count":
+        count = answer_index + 1  # options "1".."5" in order, so the right letter follows the count
+        for i in range(count):
+            x, y = 8 + 12 * i, 14 + 18 * (i % 2)
+            colour = COLOURS[colour_names[i % len(colour_names)]]
+            for t in range(i * frames // (count + 1), frames):
+                _circle(video[t], x, y, 4, colour)
+        options = [str(k) for k in range(1, 6)]
+        question = "How many circles appear in the video?"
+        reasoning = f"Circles appear one at a time; by the last frame I count {count} of them."
+    elif kind == "colour_change":
+        before, after = (colour_names[i] for i in rng.permutation(len(colour_names))[:2])
+        for t in range(frames):
+            _square(video[t], size // 2, usable // 2, 8, COLOURS[before if t < frames // 2 else after])
+        pool = [after, *[n for n in colour_names if n not in (before, after)]][:4]
+        options = _options(after, pool, answer_index, rng)
+        question = "What colour does the square turn into?"
+        reasoning = f"The square is {before} in the first half of the clip and then becomes {after}."
+    else:
+        raise ValueError(f"unknown question kind {kind!r}")
+    for t in range(frames):
+        stamp_index(video[t], t)
+    return video, question, options, reasoning
+
+
+def write_video(path: Path, frames: np.ndarray, *, codec: str = "libx264", fps: int = 8) -> None:
+    """Encode RGB frames with PyAV (a real codec; yuv420p)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "10", "preset": "veryfast"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def generate(
+    out: Path,
+    n: int,
+    seed: int = 0,
+    *,
+    cold_start: int = 16,
+    frames: int = 24,
+    size: int = 64,
+    codec: str = "libx264",
+    extension: str = "mp4",
+) -> dict[str, Path]:
+    """Write `n` GRPO samples and `cold_start` more with reasoning; returns the annotation paths."""
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    rows, cold = [], []
+    for i in range(n + cold_start):
+        kind = KINDS[i % len(KINDS)]
+        n_options = 5 if kind == "count" else 4
+        answer_index = (i // len(KINDS)) % n_options  # balanced letters within each kind
+        video, question, options, reasoning = make_clip(kind, answer_index, rng, frames, size)
+        name = f"videos/clip_{i:05d}.{extension}"
+        write_video(out / name, video, codec=codec)
+        problem = question + "\n" + "\n".join(f"{LETTERS[k]}. {o}" for k, o in enumerate(options))
+        letter = LETTERS[answer_index]
+        if i < n:
+            rows.append(
+                {
+                    "id": f"synthetic-{i:05d}",
+                    "problem": problem,
+                    "solution": f"<answer>{letter}</answer>",
+                    "video_filename": f"./{name}",
+                    "kind": kind,
+                }
+            )
+        else:
+            response = f"<think>{reasoning} So the answer is option {letter}.</think><answer>{letter}</answer>"
+            cold.append(
+                {
+                    "id": f"synthetic-cold-{i:05d}",
+                    "video": name,
+                    "conversations": [
+                        {"from": "human", "value": "<image>\n" + problem},
+                        {"from": "gpt", "value": response},
+                    ],
+                }
+            )
+    (out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / "cold_start.json").write_text(json.dumps(cold, indent=1))
+    return {"train": out / "train.jsonl", "cold_start": out / "cold_start.json"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--n", type=int, required=True, help="number of GRPO samples")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cold-start", type=int, default=16, help="extra samples with reasoning (cold start)")
+    parser.add_argument("--codec", default="libx264")
+    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--size", type=int, default=64)
+    args = parser.parse_args(argv)
+    if args.n < 0 or args.cold_start < 0:
+        parser.error("--n and --cold-start must be >= 0")
+    paths = generate(
+        args.out, args.n, args.seed, cold_start=args.cold_start, frames=args.frames, size=args.size, codec=args.codec
+    )
+    print(f"wrote {args.n} GRPO samples to {paths['train']} and {args.cold_start} to {paths['cold_start']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""Video decoding, data set formats, the grain loader (exact resume), bad input under both
+policies, and the synthetic generator."""
+
+import json
+import os
+
+import av
+import numpy as np
+import pytest
+
+from jax_tinyr1.data.formats import (
+    read_cold_start_json,
+    read_grpo_jsonl,
+    read_mlvu,
+    read_mmvu,
+    read_mvbench,
+    read_videomme_parquet,
+)
+from jax_tinyr1.data.loader import LoaderConfig, VideoQALoader
+from jax_tinyr1.data.policy import BadInputPolicy, DataError, resolve_inside
+from jax_tinyr1.data.synthetic import generate, make_clip, read_index, write_video
+from jax_tinyr1.data.tokenizer import build_tokenizer
+from jax_tinyr1.data.video import VideoDecodeError, frame_indices, read_frames
+
+
+def _clip(frames=30, size=64, seed=0):
+    return make_clip("direction", 0, np.random.default_rng(seed), frames=frames, size=size)[0]
+
+
+def _pyav_frames(path):
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+@pytest.mark.parametrize("codec, ext", [("libx264", "mp4"), ("libvpx-vp9", "webm"), ("mpeg4", "avi")])
+def test_frames_follow_the_rule_and_equal_pyav(tmp_path, codec, ext):
+    path = tmp_path / f"clip.{ext}"
+    write_video(path, _clip(30), codec=codec)
+    ours = read_frames(path, 16)
+    indices = np.linspace(0, 29, 16).astype(int)
+    np.testing.assert_array_equal(frame_indices(30, 16), indices)
+    assert [read_index(f) for f in ours] == indices.tolist()  # the frames the rule picks...
+    reference = _pyav_frames(path)
+    np.testing.assert_array_equal(ours, np.stack([reference[i] for i in indices]))  # ...decoded identically
+
+
+def test_short_single_frame_and_variable_frame_rate_videos(tmp_path):
+    write_video(tmp_path / "five.mp4", _clip(5))
+    assert [read_index(f) for f in read_frames(tmp_path / "five.mp4", 16)] == np.linspace(0, 4, 16).astype(int).tolist()
+    write_video(tmp_path / "one.mp4", _clip(1))
+    one = read_frames(tmp_path / "one.mp4", 16)
+    assert one.shape == (16, 64, 64, 3) and all(read_index(f) == 0 for f in one)
+    # Variable frame rate: irregular timestamps; indices are frame numbers, not times.
+    frames = _clip(12)
+    with av.open(str(tmp_path / "vfr.mkv"), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        pts = 0
+        for i, frame in enumerate(frames):
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            video_frame.pts = pts
+            pts += 1 if i % 3 else 7  # uneven gaps
+            for packet in stream.encode(video_frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    vfr = read_frames(tmp_path / "vfr.mkv", 6)
+    assert [read_index(f) for f in vfr] == np.linspace(0, 11, 6).astype(int).tolist()
+
+
+def test_huge_frames_are_scaled_while_decoding(tmp_path):
+    big = np.zeros((3, 720, 1280, 3), np.uint8)
+    big[:, :, 640:] = 255
+    write_video(tmp_path / "big.mp4", big)
+    frames = read_frames(tmp_path / "big.mp4", 2, max_side=256)
+    assert frames.shape == (2, 144, 256, 3)
+    assert frames[0, 72, 20].max() < 30 and frames[0, 72, 230].min() > 220
+    assert read_frames(tmp_path / "big.mp4", 2, max_side=None).shape == (2, 720, 1280, 3)
+
+
+def _bad_videos(root):
+    """Every kind of unreadable video, in the data root."""
+    write_video(root / "videos" / "good.mp4", _clip(8))
+    raw = (root / "videos" / "good.mp4").read_bytes()
+    (root / "videos" / "empty.mp4").write_bytes(b"")
+    (root / "videos" / "truncated.mp4").write_bytes(raw[: len(raw) // 2])
+    (root / "videos" / "text.mp4").write_text("this is not a video")
+    return ["videos/missing.mp4", "videos/empty.mp4", "videos/truncated.mp4", "videos/text.mp4"]
+
+
+@pytest.mark.parametrize("name", ["missing.mp4", "empty.mp4", "truncated.mp4", "text.mp4"])
+def test_unreadable_videos_raise_one_error_type_naming_the_file(tmp_path, name):
+    (tmp_path / "videos").mkdir()
+    _bad_videos(tmp_path)
+    with pytest.raises(VideoDecodeError, match=name):
+        read_frames(tmp_path / "videos" / name, 4)
+
+
+def test_paths_must_stay_inside_the_data_root(tmp_path):
+    root = tmp_path / "root"
+    (root / "videos").mkdir(parents=True)
+    (tmp_path / "outside.mp4").write_bytes(b"x")
+    os.symlink(tmp_path / "outside.mp4", root / "videos" / "link.mp4")
+    os.symlink(root / "videos", root / "inner_link")
+    for bad in ("../outside.mp4", "videos/../../outside.mp4", str(tmp_path / "outside.mp4"), "videos/link.mp4"):
+        with pytest.raises(DataError, match=r"outside the data root|absolute"):
+            resolve_inside(root, bad)
+    assert resolve_inside(root, "inner_link/a.mp4") == root / "inner_link" / "a.mp4"  # a link that stays inside
+
+
+GRPO_ROWS = [
+    {"problem": "Q?\nA. x\nB. y\nC. z\nD. w", "solution": "<answer>B</answer>", "video_filename": "./videos/good.mp4"},
+    "{not json",
+    {"problem": "Q?\nA. x\nB. y", "video_filename": "./videos/good.mp4"},  # no solution
+    {"problem": "Q?\nA. x\nB. y", "solution": "<answer>E</answer>", "video_filename": "./videos/good.mp4"},
+    {"problem": "Q?\nA. x\nB. y", "solution": "<answer>A</answer>", "video_filename": "videos/good.mp4"},
+]
+
+
+def _write_grpo(path):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in GRPO_ROWS))
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [(2, "invalid JSON"), (3, "missing field.*solution"), (4, "label 'E' is not among the options"), (5, "prefix")],
+)
+def test_bad_annotation_lines_are_named_under_error(tmp_path, line, message):
+    rows = [GRPO_ROWS[0], GRPO_ROWS[line - 1]]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    with pytest.raises(DataError, match=rf"train.jsonl:2: .*{message}"):
+        read_grpo_jsonl(path)
+
+
+def test_bad_annotation_lines_are_skipped_and_counted(tmp_path):
+    _write_grpo(tmp_path / "train.jsonl")
+    policy = BadInputPolicy("skip")
+    records = read_grpo_jsonl(tmp_path / "train.jsonl", policy)
+    assert [r.answer for r in records] == ["B"] and records[0].video == "videos/good.mp4"
+    assert records[0].options == ("x", "y", "z", "w") and records[0].source.endswith("train.jsonl:1")
+    assert policy.counts == {"annotation": 4} and "annotation=4" in policy.summary()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return build_tokenizer(
+        ["Which way does the square move? A. left B. right"] * 10, tmp_path_factory.mktemp("tok"), vocab_size=300
+    )
+
+
+def _records(root, videos):
+    rows = [
+        {"problem": f"Q{i}?\nA. x\nB. y", "solution": "<answer>A</answer>", "video_filename": f"./{v}", "id": v}
+        for i, v in enumerate(videos)
+    ]
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return read_grpo_jsonl(root / "train.jsonl")
+
+
+def test_bad_videos_under_both_policies_in_the_loader(tmp_path, tokenizer):
+    (tmp_path / "videos").mkdir()
+    bad = _bad_videos(tmp_path)
+    records = _records(tmp_path, ["videos/good.mp4", *bad, "../escape.mp4", "videos/good.mp4"])
+    config = LoaderConfig(batch_size=2, num_frames=4, image_size=16, bad_input="skip")
+    loader = VideoQALoader(records, tmp_path, tokenizer, config)
+    batches = list(loader)  # runs to the end: every bad sample seen
+    assert len(batches) == 1 and batches[0]["ids"] == ["videos/good.mp4"] * 2
+    assert batches[0]["pixels"].shape == (2, 4, 16, 16, 3)
+    assert loader.policy.counts == {"video": 4, "path": 1}
+    assert "path=1" in loader.policy.summary() and "video=4" in loader.policy.summary()
+    strict = VideoQALoader(records, tmp_path, tokenizer, LoaderConfig(batch_size=6, num_frames=4, image_size=16))
+    with pytest.raises(DataError, match=r"train.jsonl:\d+: .*(missing|empty|truncated|text|escape)"):
+        next(strict)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_restored_loader_yields_the_same_batches(tmp_path, tokenizer, workers):
+    paths = generate(tmp_path, 10, seed=1, cold_start=0, frames=8)
+    records = read_grpo_jsonl(paths["train"])
+    config = LoaderConfig(batch_size=2, num_frames=4, image_size=16, seed=3, num_epochs=2, num_workers=workers)
+    uninterrupted = VideoQALoader(records, tmp_path, tokenizer, config)
+    batches = [next(uninterrupted) for _ in range(6)]
+    first = VideoQALoader(records, tmp_path, tokenizer, config)
+    next(first), next(first)
+    state = json.loads(json.dumps(first.get_state()))  # the state survives JSON (checkpoints)
+    resumed = VideoQALoader(records, tmp_path, tokenizer, config)
+    resumed.set_state(state)
+    for expected in batches[2:]:
+        got = next(resumed)
+        assert got["ids"] == expected["ids"]
+        np.testing.assert_array_equal(got["pixels"], expected["pixels"])
+        np.testing.assert_array_equal(got["prompt_ids"], expected["prompt_ids"])
+    seen = [i for b in batches[:5] for i in b["ids"]]
+    assert sorted(seen) == sorted(r.id for r in records)  # epoch 1: every sample once, shuffled
+    assert seen != [r.id for r in records]
+
+
+def test_process_sharding_splits_the_data(tmp_path, tokenizer):
+    paths = generate(tmp_path, 8, seed=2, cold_start=0, frames=4)
+    records = read_grpo_jsonl(paths["train"])
+    config = LoaderConfig(batch_size=1, num_frames=2, image_size=16)
+    ids = [
+        [
+            next(VideoQALoader(records, tmp_path, tokenizer, config, process_index=p, process_count=2))["ids"][0]
+            for _ in range(1)
+        ]
+        for p in range(2)
+    ]
+    shards = [
+        {b["ids"][0] for b in VideoQALoader(records, tmp_path, tokenizer, config, process_index=p, process_count=2)}
+        for p in range(2)
+    ]
+    assert not shards[0] & shards[1] and len(shards[0] | shards[1]) == 8 and ids[0] != ids[1]
+
+
+def test_synthetic_data_set_is_deterministic_balanced_and_parses(tmp_path):
+    a = generate(tmp_path / "a", 40, seed=5, cold_start=4, frames=6)
+    b = generate(tmp_path / "b", 40, seed=5, cold_start=4, frames=6)
+    assert a["train"].read_text() == b["train"].read_text()
+    records = read_grpo_jsonl(a["train"])
+    assert len(records) == 40 and all(4 <= len(r.options) <= 5 for r in records)
+    letters = [r.answer for r in records]
+    assert max(letters.count(x) for x in "ABCD") - min(letters.count(x) for x in "ABCD") <= 3
+    cold = read_cold_start_json(a["cold_start"])
+    assert len(cold) == 4 and all(r.response.endswith(f"<answer>{r.answer}</answer>") for r in cold)
+    assert all(r.response.startswith("<think>") for r in cold)
+    frames = read_frames(tmp_path / "a" / records[0].video, 6)
+    assert [read_index(f) for f in frames] == list(range(6))
+
+
+def test_evaluation_formats(tmp_path):
+    (tmp_path / "mvbench.json").write_text(
+        json.dumps(
+            [
+                {"video": "a.mp4", "question": "What?", "candidates": ["cat", "dog", "cow"], "answer": "dog"},
+                {"video": "b.mp4", "question": "What?", "candidates": ["cat"], "answer": "emu"},
+            ]
+        )
+    )
+    policy = BadInputPolicy("skip")
+    mv = read_mvbench(tmp_path / "mvbench.json", "action", policy)
+    assert [(r.answer, r.options, r.meta["task"]) for r in mv] == [("B", ("cat", "dog", "cow"), "action")]
+    assert "B. dog" in mv[0].question and policy.counts == {"annotation": 1}
+    (tmp_path / "mlvu.json").write_text(
+        json.dumps(
+            [
+                {
+                    "video": "c.mp4",
+                    "question": "Q",
+                    "candidates": ["1", "2", "3", "4"],
+                    "answer": "3",
+                    "question_type": "count",
+                }
+            ]
+        )
+    )
+    assert read_mlvu(tmp_path / "mlvu.json")[0].answer == "C"
+    (tmp_path / "mmvu.json").write_text(
+        json.dumps(
+            [
+                {
+                    "id": "m1",
+                    "question": "Q",
+                    "choices": {"A": "a", "B": "b", "C": "c", "D": "d", "E": "e"},
+                    "answer": "E",
+                    "question_type": "multiple-choice",
+                    "video": "m.mp4",
+                },
+                {
+                    "id": "m2",
+                    "question": "Q",
+                    "choices": {},
+                    "answer": "x",
+                    "question_type": "open-ended",
+                    "video": "n.mp4",
+                },
+            ]
+        )
+    )
+    mmvu = read_mmvu(tmp_path / "mmvu.json")
+    assert [(r.id, r.answer, len(r.options)) for r in mmvu] == [("m1", "E", 5)]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "videoID": "vid1",
+                    "question_id": "001-1",
+                    "duration": "short",
+                    "task_type": "Counting",
+                    "question": "How many?",
+                    "options": ["A. 1", "B. 2", "C. 3", "D. 4"],
+                    "answer": "D",
+                },
+                {
+                    "videoID": "vid2",
+                    "question_id": "001-2",
+                    "duration": "short",
+                    "task_type": "Counting",
+                    "question": "How many?",
+                    "options": ["A. 1", "B. 2", "C. 3", "D. 4"],
+                    "answer": "Z",
+                },
+            ]
+        ),
+        tmp_path / "videomme.parquet",
+    )
+    with pytest.raises(DataError, match=r"videomme.parquet\[1\]: label 'Z'"):
+        read_videomme_parquet(tmp_path / "videomme.parquet")
+    vm = read_videomme_parquet(tmp_path / "videomme.parquet", BadInputPolicy("skip"))
+    assert [(r.video, r.answer, r.meta["duration"], r.options[3]) for r in vm] == [("vid1.mp4", "D", "short", "4")]
+    (tmp_path / "broken.json").write_text("[{")
+    with pytest.raises(DataError, match=r"broken\.json: invalid JSON"):
+        read_mlvu(tmp_path / "broken.json")
