@@ -53,10 +53,17 @@ def median_time(fn, repeats: int) -> float:
 def hf_config(preset: str) -> transformers.Qwen2Config:
     c = get_preset(preset)
     return transformers.Qwen2Config(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,
-        head_dim=c.head_dim, rope_theta=c.rope_theta, rms_norm_eps=c.rms_norm_eps,
-        tie_word_embeddings=c.tie_word_embeddings, max_position_embeddings=c.max_position_embeddings,
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads,
+        num_key_value_heads=c.num_kv_heads,
+        head_dim=c.head_dim,
+        rope_theta=c.rope_theta,
+        rms_norm_eps=c.rms_norm_eps,
+        tie_word_embeddings=c.tie_word_embeddings,
+        max_position_embeddings=c.max_position_embeddings,
     )
 
 
@@ -68,8 +75,9 @@ def bench_language_model(args, work: Path) -> dict[str, float]:
     model, _ = load_pretrained(work / "fx")
     rng = np.random.RandomState(0)
     prompts = rng.randint(10, min(1000, get_preset(args.preset).vocab_size), (args.prompts, args.prompt_tokens))
-    config = SamplingConfig(max_new_tokens=args.new_tokens, temperature=1.0, top_k=50, top_p=1.0, eos_id=NO_EOS,
-                            pad_id=0)
+    config = SamplingConfig(
+        max_new_tokens=args.new_tokens, temperature=1.0, top_k=50, top_p=1.0, eos_id=NO_EOS, pad_id=0
+    )
     graphdef, state = nnx.split(model)
     sample = make_sampler(graphdef, config, group_size=args.group)
     embeds = model.embed_tokens(jnp.asarray(prompts))
@@ -83,10 +91,18 @@ def bench_language_model(args, work: Path) -> dict[str, float]:
     ours()  # compile
     compile_s = time.perf_counter() - start
     ours_s = median_time(ours, args.repeats)
+    print(f"ours: {ours_s:.2f} s per rollout (compile {compile_s:.1f} s)", flush=True)
     total_tokens = args.prompts * args.group * args.new_tokens
 
-    common = dict(do_sample=True, temperature=1.0, top_k=50, top_p=1.0, max_new_tokens=args.new_tokens,
-                  min_new_tokens=args.new_tokens, pad_token_id=0)
+    common = dict(
+        do_sample=True,
+        temperature=1.0,
+        top_k=50,
+        top_p=1.0,
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        pad_token_id=0,
+    )
 
     def hf_sequential():
         with torch.no_grad():
@@ -98,11 +114,12 @@ def bench_language_model(args, work: Path) -> dict[str, float]:
         with torch.no_grad():
             for p in range(args.prompts):
                 ids = torch.tensor(prompts[p : p + 1])
-                reference.generate(ids, attention_mask=torch.ones_like(ids), num_return_sequences=args.group,
-                                   **common)
+                reference.generate(ids, attention_mask=torch.ones_like(ids), num_return_sequences=args.group, **common)
 
-    hf_batched()  # warm-up
+    with torch.no_grad():  # a short warm-up (HF has nothing to compile)
+        reference.generate(torch.tensor(prompts[:1]), **{**common, "max_new_tokens": 4, "min_new_tokens": 4})
     batched_s = median_time(hf_batched, args.repeats)
+    print(f"hf batched: {batched_s:.2f} s", flush=True)
     sequential_s = median_time(hf_sequential, max(1, args.repeats - 1))
     return {
         "ours_tokens_per_s": total_tokens / ours_s,
@@ -119,20 +136,35 @@ def bench_video_model(args, work: Path) -> dict[str, float]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from torch_reference import TorchTinyLlava, nchw
 
-    from jax_tinyr1.grpo.trainer import GRPOTrainer
     from jax_tinyr1.grpo.step import GRPOConfig
+    from jax_tinyr1.grpo.trainer import GRPOTrainer
 
     config = PRESETS["tinyllava-video-tiny"][1]
-    text = dict(vocab_size=config.llm.vocab_size, hidden_size=config.llm.hidden_size,
-                intermediate_size=config.llm.intermediate_size, num_hidden_layers=config.llm.num_layers,
-                num_attention_heads=config.llm.num_heads, num_key_value_heads=config.llm.num_kv_heads,
-                rope_theta=config.llm.rope_theta, tie_word_embeddings=True)
-    vision = dict(hidden_size=config.vision.hidden_size, intermediate_size=config.vision.intermediate_size,
-                  num_hidden_layers=config.vision.num_layers, num_attention_heads=config.vision.num_heads,
-                  image_size=config.vision.image_size, patch_size=config.vision.patch_size)
-    connector = dict(num_queries=config.connector.num_queries, groups=config.connector.groups,
-                     depth=config.connector.num_layers, dim_head=config.connector.dim_head,
-                     heads=config.connector.heads)
+    text = dict(
+        vocab_size=config.llm.vocab_size,
+        hidden_size=config.llm.hidden_size,
+        intermediate_size=config.llm.intermediate_size,
+        num_hidden_layers=config.llm.num_layers,
+        num_attention_heads=config.llm.num_heads,
+        num_key_value_heads=config.llm.num_kv_heads,
+        rope_theta=config.llm.rope_theta,
+        tie_word_embeddings=True,
+    )
+    vision = dict(
+        hidden_size=config.vision.hidden_size,
+        intermediate_size=config.vision.intermediate_size,
+        num_hidden_layers=config.vision.num_layers,
+        num_attention_heads=config.vision.num_heads,
+        image_size=config.vision.image_size,
+        patch_size=config.vision.patch_size,
+    )
+    connector = dict(
+        num_queries=config.connector.num_queries,
+        groups=config.connector.groups,
+        depth=config.connector.num_layers,
+        dim_head=config.connector.dim_head,
+        heads=config.connector.heads,
+    )
     reference = TorchTinyLlava(text, vision, connector)
     reference.save_original_layout(work / "video_hf")
     hf_to_flax.convert("tinyllava", work / "video_hf", work / "video_fx")
@@ -160,10 +192,15 @@ def bench_video_model(args, work: Path) -> dict[str, float]:
                     embed = reference.language_model.get_input_embeddings()
                     row = rows[p]
                     k = row.index(-200)
-                    inputs = torch.cat([embed(torch.tensor(row[:k])), visual[0], embed(torch.tensor(row[k + 1:]))])
-                    reference.language_model.generate(inputs_embeds=inputs[None], do_sample=True, top_k=50,
-                                                      max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
-                                                      pad_token_id=0)
+                    inputs = torch.cat([embed(torch.tensor(row[:k])), visual[0], embed(torch.tensor(row[k + 1 :]))])
+                    reference.language_model.generate(
+                        inputs_embeds=inputs[None],
+                        do_sample=True,
+                        top_k=50,
+                        max_new_tokens=args.new_tokens,
+                        min_new_tokens=args.new_tokens,
+                        pad_token_id=0,
+                    )
 
     sequential_s = median_time(hf_sequential, max(1, args.repeats - 1))
     tokens = args.prompts * args.group * args.new_tokens
@@ -177,7 +214,7 @@ def main(argv=None) -> int:
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--sequential-calls", type=int, default=2, help="HF batch-1 generate calls timed for (b)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-video", action="store_true")
@@ -187,15 +224,18 @@ def main(argv=None) -> int:
         results = bench_language_model(args, Path(tmp))
         if not args.skip_video:
             results.update(bench_video_model(args, Path(tmp)))
-    print(f"model {args.preset}, {args.prompts} prompts x G={args.group} x {args.new_tokens} new tokens, "
-          f"float32, {jax.devices()[0].platform}, torch threads {args.threads}")
+    print(
+        f"model {args.preset}, {args.prompts} prompts x G={args.group} x {args.new_tokens} new tokens, "
+        f"float32, {jax.devices()[0].platform}, torch threads {args.threads}"
+    )
     print(f"{'figure':<36}{'value':>12}")
     for key, value in results.items():
         print(f"{key:<36}{value:>12.2f}")
     seq = results["ours_tokens_per_s"] / results["hf_sequential_tokens_per_s"]
     bat = results["ours_tokens_per_s"] / results["hf_batched_tokens_per_s"]
     if "video_ours_tokens_per_s" in results:
-        print(f"video_speedup_vs_hf_sequential={results['video_ours_tokens_per_s'] / results['video_hf_sequential_tokens_per_s']:.2f}")
+        video = results["video_ours_tokens_per_s"] / results["video_hf_sequential_tokens_per_s"]
+        print(f"video_speedup_vs_hf_sequential={video:.2f}")
     print(f"speedup_vs_hf_sequential={seq:.2f}")
     print(f"speedup_vs_hf_batched={bat:.2f}")
     return 0

@@ -15,6 +15,7 @@ Last line: speedup_vs_torch=<x>.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import statistics
 import sys
@@ -35,7 +36,7 @@ from jax_tinyr1.grpo.loss import grpo_loss
 from jax_tinyr1.model import load_pretrained
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rollout_vs_hf import hf_config  # noqa: E402
+from rollout_vs_hf import hf_config
 
 BETA, LR = 0.01, 1e-6
 
@@ -62,6 +63,7 @@ def ours(args, hf_dir: Path, work: Path) -> float:
     model, config = load_pretrained(work / "fx")
     graphdef, state = nnx.split(model)
     params = nnx.to_pure_dict(state)
+    del model, state
     ids, advantages, ref = (jnp.asarray(x) for x in data(args, config.vocab_size))
     p, n = args.prompt_tokens, args.new_tokens
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(LR, weight_decay=0.0))
@@ -74,7 +76,7 @@ def ours(args, hf_dir: Path, work: Path) -> float:
         logps, _ = chunked_token_logps(h[:, p - 1 : p - 1 + n], m.output_embedding(), ids[:, p:])
         return grpo_loss(logps, jax.lax.stop_gradient(logps), ref, advantages, mask, beta=BETA)[0]
 
-    @jax.jit  # (donation is a no-op on CPU; on GPU pass donate_argnums=(0, 1))
+    @functools.partial(jax.jit, donate_argnums=(0, 1))  # updated in place: one copy of the state
     def step(params, opt_state):
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
@@ -130,15 +132,19 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
-        transformers.Qwen2ForCausalLM(hf_config(args.preset)).save_pretrained(Path(tmp) / "hf")
+        reference = transformers.Qwen2ForCausalLM(hf_config(args.preset))
+        reference.save_pretrained(Path(tmp) / "hf")
+        del reference
         gc.collect()
         ours_s = ours(args, Path(tmp) / "hf", Path(tmp))
         jax.clear_caches()
         gc.collect()
         torch_s = pytorch(args, Path(tmp) / "hf")
     tokens = args.rows * (args.prompt_tokens + args.new_tokens)
-    print(f"model {args.preset}, {args.rows} rows x ({args.prompt_tokens} prompt + {args.new_tokens} completion) "
-          f"tokens, float32, torch threads {args.threads}")
+    print(
+        f"model {args.preset}, {args.rows} rows x ({args.prompt_tokens} prompt + {args.new_tokens} completion) "
+        f"tokens, float32, torch threads {args.threads}"
+    )
     print(f"{'implementation':<16}{'s/update':>10}{'tokens/s':>12}")
     print(f"{'jax_tinyr1':<16}{ours_s:>10.3f}{tokens / ours_s:>12.1f}")
     print(f"{'pytorch':<16}{torch_s:>10.3f}{tokens / torch_s:>12.1f}")

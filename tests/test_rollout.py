@@ -119,3 +119,19 @@ def test_left_align_and_completion_mask():
     np.testing.assert_array_equal(
         np.asarray(completion_mask_from_tokens(tokens, 3)), [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
     )
+
+
+def test_top_k_threshold_equals_lax_top_k():
+    from jax_tinyr1.grpo.sampling import _order_keys, kth_largest_key
+
+    rng = np.random.RandomState(0)
+    x = rng.randn(6, 1000).astype(np.float32) * 5
+    x[0, :10] = 3.0  # ties at the threshold
+    x[1] = -np.abs(x[1])  # all negative
+    x[2, 0] = np.inf
+    for k in (1, 5, 50, 999):
+        keys = _order_keys(jnp.asarray(x))
+        threshold = np.asarray(kth_largest_key(keys, k))
+        expected = np.asarray(jax.lax.top_k(jnp.asarray(x), k)[0][:, -1:])
+        kept = np.asarray(keys >= threshold)
+        np.testing.assert_array_equal(kept, x >= expected)

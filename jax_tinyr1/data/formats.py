@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from jax_tinyr1.data.policy import BadInputPolicy, DataError
+from jax_tinyr1.data.template import REASONING_SUFFIX
 from jax_tinyr1.rewards.accuracy import answer_content
 
 _OPTION_LINE = re.compile(r"^\s*\(?([A-Z])[.)]\s*(.*\S)?\s*$")
@@ -147,7 +148,7 @@ def _cold_start_item(item, where):
     if not isinstance(human, str) or not isinstance(gpt, str):
         raise DataError(f"{where}: conversations need a 'human' and a 'gpt' turn with text values")
     question = human.replace("<image>", "").strip()
-    options = parse_options(question)
+    options = parse_options(question.removesuffix(REASONING_SUFFIX))  # the instruction is not an option
     answer = _check_answer(_letter_of(gpt), options, where)
     return Record(
         video=str(item["video"]),

@@ -22,7 +22,7 @@ import numpy as np
 from jax_tinyr1.data.formats import Record
 from jax_tinyr1.data.policy import BadInputPolicy, DataError, resolve_inside
 from jax_tinyr1.data.preprocess import preprocess_frames
-from jax_tinyr1.data.template import grpo_question, prompt_ids
+from jax_tinyr1.data.template import eos_id, grpo_question, prompt_ids
 from jax_tinyr1.data.video import VideoDecodeError, read_frames
 
 
@@ -36,6 +36,7 @@ class LoaderConfig:
     num_workers: int = 0
     bad_input: str = "error"  # or "skip"
     reasoning_prompt: bool = True  # append the paper's <think>/<answer> instruction
+    pad_multiple: int = 32  # pad token lengths up to a multiple: a few shapes, a few compilations
 
     def __post_init__(self):
         if self.batch_size <= 0 or self.num_frames <= 0 or self.image_size <= 0 or self.num_epochs <= 0:
@@ -59,29 +60,40 @@ class MakeSample:
             kind = "path" if isinstance(e, DataError) else "video"
             return {"error": f"{record.source}: {e}", "kind": kind}
         question = grpo_question(record.question) if c.reasoning_prompt else record.question
-        return {
+        sample = {
             "pixels": preprocess_frames(frames, c.image_size),
             "prompt_ids": np.asarray(prompt_ids(self.tokenizer, question), np.int32),
             "answer": record.answer,
             "id": record.id,
         }
+        if record.response is not None:  # SFT: " {response}<|endoftext|>" is supervised
+            response = self.tokenizer(" " + record.response, add_special_tokens=False)["input_ids"]
+            sample["response_ids"] = np.asarray([*response, eos_id(self.tokenizer)], np.int32)
+        return sample
 
 
-def collate(samples: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    """Right-pad prompt ids; stack pixels."""
-    width = max(len(s["prompt_ids"]) for s in samples)
-    ids = np.full((len(samples), width), pad_id, np.int32)
-    mask = np.zeros((len(samples), width), np.int32)
-    for row, s in enumerate(samples):
-        ids[row, : len(s["prompt_ids"])] = s["prompt_ids"]
-        mask[row, : len(s["prompt_ids"])] = 1
-    return {
+def collate(samples: list[dict[str, Any]], pad_id: int, multiple: int = 1) -> dict[str, Any]:
+    """Right-pad prompt (and response) ids to a multiple of `multiple`; stack pixels."""
+    ids, mask = _pad([s["prompt_ids"] for s in samples], pad_id, multiple)
+    batch = {
         "prompt_ids": ids,
         "prompt_mask": mask,
         "pixels": np.stack([s["pixels"] for s in samples]),
         "answers": [s["answer"] for s in samples],
         "ids": [s["id"] for s in samples],
     }
+    if all("response_ids" in s for s in samples):
+        batch["response_ids"], batch["response_mask"] = _pad([s["response_ids"] for s in samples], pad_id, multiple)
+    return batch
+
+
+def _pad(rows: list[np.ndarray], pad_id: int, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    width = -(-max(len(r) for r in rows) // multiple) * multiple
+    ids = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = r, 1
+    return ids, mask
 
 
 class VideoQALoader:
@@ -123,7 +135,7 @@ class VideoQALoader:
                 self.policy.bad(sample["kind"], sample["error"])
                 continue
             samples.append(sample)
-        return collate(samples, self.pad_id)
+        return collate(samples, self.pad_id, self.config.pad_multiple)
 
     def close(self) -> None:
         """Stop worker processes (also done when the loader is garbage collected)."""

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jax_tinyr1.data.template import grpo_question
+
 COLOURS = {
     "red": (220, 40, 40),
     "green": (40, 190, 60),
@@ -158,8 +160,12 @@ def generate(
     size: int = 64,
     codec: str = "libx264",
     extension: str = "mp4",
+    with_reasoning: bool = True,
 ) -> dict[str, Path]:
-    """Write `n` GRPO samples and `cold_start` more with reasoning; returns the annotation paths."""
+    """Write `n` GRPO samples and `cold_start` more for SFT; returns the annotation paths. The SFT
+    samples answer with reasoning and the paper's instruction (the cold
+    start, `with_reasoning=True`) or with the option letter alone to the plain question (a base
+    model's SFT data)."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     rows, cold = [], []
@@ -189,8 +195,11 @@ def generate(
                     "id": f"synthetic-cold-{i:05d}",
                     "video": name,
                     "conversations": [
-                        {"from": "human", "value": "<image>\n" + problem},
-                        {"from": "gpt", "value": response},
+                        {
+                            "from": "human",
+                            "value": "<image>\n" + (grpo_question(problem) if with_reasoning else problem),
+                        },
+                        {"from": "gpt", "value": response if with_reasoning else letter},
                     ],
                 }
             )

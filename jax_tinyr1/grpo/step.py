@@ -60,8 +60,8 @@ class GRPOConfig:
     trainable: tuple[str, ...] = TRAINABLE_DEFAULT
 
     def __post_init__(self):
-        if self.group_size < 2:
-            raise ValueError(f"group_size must be >= 2, got {self.group_size}")
+        if self.group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
         if self.updates_per_rollout < 1 or self.micro_batches < 1:
             raise ValueError("updates_per_rollout and micro_batches must be >= 1")
 
@@ -165,6 +165,7 @@ def _loss(trainable, graphdef, frozen, batch: Batch, config: GRPOConfig):
     )
     mask = batch.completion_mask.astype(jnp.float32)
     metrics["entropy"] = jnp.sum(entropy * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    metrics["logp_mean"] = jnp.sum(logps * mask) / jnp.maximum(jnp.sum(mask), 1.0)  # -NLL for SFT
     return loss, metrics
 
 

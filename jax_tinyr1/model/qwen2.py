@@ -42,6 +42,7 @@ class Qwen2Config:
     param_dtype: str = "float32"  # master weights
     dtype: str = "float32"  # compute
     remat: bool = False  # rematerialize the layer body in the backward pass
+    scan_unroll: int = 1  # layers per scan iteration (1: one compiled body; num_layers: fully unrolled)
 
     def __post_init__(self):
         for name in (
@@ -224,7 +225,7 @@ class Qwen2ForCausalLM(nnx.Module):
             body = jax.checkpoint(body, prevent_cse=False)
         params = {name: var[...] for name, var in self.layers.items()}
         kv_in = None if cache is None else (cache.k_lbskh, cache.v_lbskh)
-        x_btd, kv_out = jax.lax.scan(body, x_btd, (params, kv_in))
+        x_btd, kv_out = jax.lax.scan(body, x_btd, (params, kv_in), unroll=c.scan_unroll)
         h_btd = rms_norm(x_btd, self.final_norm[...], c.rms_norm_eps)
         if cache is None:
             return h_btd, None

@@ -1,0 +1,230 @@
+"""Training entry points: config errors, exact resume after SIGKILL, evaluation scores, the demo."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jax_tinyr1.data.formats import Record
+from jax_tinyr1.data.synthetic import generate
+from jax_tinyr1.data.tokenizer import build_tokenizer
+from jax_tinyr1.eval.scoring import format_table, parse_prediction, score
+from jax_tinyr1.train.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_files_load_and_name_bad_keys(tmp_path):
+    paper = load_config(ROOT / "configs" / "paper_8xa100.yaml")
+    assert (paper.grpo.group_size, paper.optimizer.learning_rate, paper.mesh.fsdp) == (8, 1e-6, 8)
+    assert load_config(ROOT / "configs" / "ablation_no_kl.yaml").grpo.objective == "no_kl"
+    assert load_config(ROOT / "configs" / "ablation_dr_grpo.yaml").grpo.objective == "dr_grpo"
+    assert load_config(ROOT / "configs" / "demo_cpu.yaml", ["grpo.beta=0"]).grpo.beta == 0.0
+    with pytest.raises(ConfigError, match=r"unknown key.*grpo\.bta"):
+        load_config(None, ["grpo.bta=0.1"])
+    with pytest.raises(ConfigError, match=r"grpo\.group_size: expected int"):
+        load_config(None, ["grpo.group_size=eight"])
+    with pytest.raises(ConfigError, match=r"unknown key.*nonsense"):
+        load_config(None, ["nonsense.x=1"])
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def _run(args, **kw):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=ROOT, **kw)
+
+
+def test_entry_point_exits_non_zero_naming_the_problem(tmp_path):
+    out = _run(
+        [
+            "jax_tinyr1.train.grpo",
+            "--config",
+            str(ROOT / "configs" / "demo_cpu.yaml"),
+            f"data.root={tmp_path / 'nowhere'}",
+        ]
+    )
+    assert out.returncode == 2 and "data.root" in out.stderr and "nowhere" in out.stderr
+    out = _run(["jax_tinyr1.train.grpo", "grpo.temperature=hot"])
+    assert out.returncode == 2 and "grpo.temperature" in out.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_run_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    generate(root / "data", 8, seed=0, cold_start=0, frames=6)
+    corpus = [json.loads(line)["problem"] for line in (root / "data" / "train.jsonl").read_text().splitlines()]
+    build_tokenizer(corpus * 3 + ["<think>x</think><answer>A</answer>"] * 5, root / "tok", vocab_size=300)
+    return root
+
+
+def _grpo_args(root, out):
+    return [
+        "jax_tinyr1.train.grpo",
+        f"data.root={root / 'data'}",
+        f"run.tokenizer={root / 'tok'}",
+        f"run.output_dir={out}",
+        "model.preset=tinyllava-video-tiny",
+        "grpo.group_size=2",
+        "grpo.max_new_tokens=6",
+        "grpo.top_k=0",
+        "data.batch_size=1",
+        "run.max_steps=6",
+        "run.save_every=1",
+        "optimizer.learning_rate=1e-2",
+        "optimizer.schedule=constant",
+        "grpo.beta=0.04",
+    ]
+
+
+def _final_params(out):
+    import jax
+    from flax import nnx
+
+    from jax_tinyr1.model import load_pretrained
+
+    model, _ = load_pretrained(out / "final")
+    return {
+        jax.tree_util.keystr(k): np.asarray(v)
+        for k, v in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    }
+
+
+def test_killed_run_resumes_to_the_same_parameters(tiny_run_data, tmp_path):
+    root = tiny_run_data
+    env = {**os.environ, "XLA_FLAGS": ""}
+    straight = _run(_grpo_args(root, tmp_path / "straight"), env=env)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    # Start again, SIGKILL at a random moment after the first checkpoint, then restart.
+    process = subprocess.Popen(
+        [sys.executable, "-m", *_grpo_args(root, tmp_path / "killed")],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (
+        checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+    ):
+        time.sleep(0.2)
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 1.5))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    steps_before = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    assert (steps_before and steps_before[-1] < 6) or (tmp_path / "killed" / "final").exists()
+    resumed = _run(_grpo_args(root, tmp_path / "killed"), env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = _final_params(tmp_path / "straight"), _final_params(tmp_path / "killed")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)  # bitwise
+    metrics = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert max(m["step"] for m in metrics) == 6
+    assert {p.name for p in (tmp_path / "killed").glob("*.png")} >= {"reward.png", "response_length.png"}
+
+
+def _record(i, answer, options=4, task="t", duration=None):
+    meta = {"task": task} if duration is None else {"duration": duration}
+    return Record(
+        video=f"v{i}.mp4",
+        question="q",
+        options=tuple("opt" for _ in range(options)),
+        answer=answer,
+        id=str(i),
+        source=f"f[{i}]",
+        meta=meta,
+    )
+
+
+def test_scoring_with_known_answers_and_unparsed_outputs():
+    assert parse_prediction("<think>..</think><answer>B</answer>", 4) == "B"
+    assert parse_prediction("<answer>(c) maybe</answer>", 4) == "C"
+    assert parse_prediction("<answer>E</answer>", 4) is None  # not an option of a 4-option question
+    assert parse_prediction("the answer is B", 4) is None
+    records = [
+        _record(0, "A", task="x"),
+        _record(1, "B", task="x"),
+        _record(2, "C", task="y"),
+        _record(3, "D", task="y"),
+    ]
+    outputs = ["<answer>A</answer>", "<answer>C</answer>", "no tags at all", "<answer>D. last</answer>"]
+    mv = score(records, outputs, "mvbench")
+    assert mv["overall"] == 50.0 and mv["per_group"] == {"x": 50.0, "y": 50.0} and mv["unparsed"] == 1
+    unbalanced = [
+        _record(0, "A", task="x"),
+        _record(1, "A", task="x"),
+        _record(2, "A", task="x"),
+        _record(3, "B", task="y"),
+    ]
+    out = ["<answer>A</answer>"] * 4
+    assert score(unbalanced, out, "mvbench")["overall"] == 75.0  # micro
+    assert score(unbalanced, out, "mlvu")["overall"] == 50.0  # macro over tasks
+    mmvu = [_record(i, "E", options=5) for i in range(3)]
+    result = score(mmvu, ["<answer>E</answer>", "<answer>e</answer>", "<answer></answer>"], "mmvu")
+    assert result["overall"] == pytest.approx(200 / 3) and result["unparsed"] == 1
+    vm = score(
+        [_record(0, "A", duration="short"), _record(1, "A", duration="long")],
+        ["<answer>A</answer>", "<answer>B</answer>"],
+        "videomme",
+    )
+    assert vm["per_group"] == {"long": 0.0, "short": 100.0}
+    guessed = score(records, outputs, "mvbench", random_fallback=True, seed=1)
+    assert guessed["unparsed"] == 1 and guessed["items"][2]["prediction"] in "ABCD"
+    assert "unparsed answers: 1 of 4" in format_table(mv)
+
+
+def test_demo_pipeline_runs_end_to_end_quick(tmp_path):
+    from jax_tinyr1.demo import run
+
+    summary = run(tmp_path / "demo", quick=True)
+    out = tmp_path / "demo"
+    for stage in ("base", "coldstart", "grpo"):
+        assert (out / stage / "final" / "config.json").is_file()
+        assert (out / stage / "final" / "tokenizer").is_dir()
+    assert (out / "grpo" / "reward.png").is_file() and (out / "grpo" / "tensorboard").is_dir()
+    assert summary["eval_count"] == 8
+    assert 0 <= summary["r1_unparsed"] <= 8 and 0.0 <= summary["r1_accuracy"] <= 100.0
+    results = json.loads((out / "demo_summary.json").read_text())
+    assert results == json.loads(json.dumps(summary))
+
+
+def test_eval_entry_point_on_generated_mvbench_and_mmvu_sets(tiny_run_data, tmp_path):
+    """A tiny model's outputs scored end to end; every question is counted, parsed or not."""
+    from jax_tinyr1.model import build_model, get_preset, save_pretrained
+
+    root = tiny_run_data
+    videos = sorted((root / "data" / "videos").glob("*.mp4"))[:3]
+    bench = tmp_path / "mvbench"
+    (bench / "json").mkdir(parents=True)
+    items = [{"video": str(v.relative_to(root / "data")), "question": "What moves?",
+              "candidates": ["a", "b", "c", "d"], "answer": "b"} for v in videos]
+    (bench / "json" / "action.json").write_text(json.dumps(items))
+    shutil.copytree(root / "data" / "videos", bench / "videos")
+    mmvu = tmp_path / "mmvu"
+    mmvu.mkdir()
+    shutil.copytree(root / "data" / "videos", mmvu / "videos")
+    (mmvu / "validation.json").write_text(json.dumps([
+        {"id": f"m{i}", "question": "Q", "choices": {"A": "x", "B": "y", "C": "z", "D": "w", "E": "v"},
+         "answer": "E", "question_type": "multiple-choice", "video": str(v.relative_to(root / "data"))}
+        for i, v in enumerate(videos)]))
+    checkpoint = tmp_path / "model"
+    save_pretrained(checkpoint, build_model("tinyllava", get_preset("tinyllava-video-tiny"), seed=0), "tinyllava")
+    for name, data in (("mvbench", bench), ("mmvu", mmvu)):
+        out = _run(["jax_tinyr1.eval", "--checkpoint", str(checkpoint), "--tokenizer", str(root / "tok"),
+                    "--benchmark", name, "--data", str(data), "--max-new-tokens", "8", "--batch-size", "2",
+                    "--out", str(tmp_path / f"{name}.json")])
+        assert out.returncode == 0, out.stderr[-2000:]
+        results = json.loads((tmp_path / f"{name}.json").read_text())
+        assert results["count"] == 3 and len(results["items"]) == 3
+        correct = sum(item["correct"] for item in results["items"])
+        assert results["overall"] == pytest.approx(100 * correct / 3)
+        assert results["unparsed"] == sum(item["prediction"] is None for item in results["items"])
+        assert "unparsed answers" in out.stdout
