@@ -12,14 +12,13 @@ Last lines: decord_frames_per_s=<x>, pyav_frames_per_s=<x>.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import av
 import numpy as np
+from timing import median_time  # bench/timing.py (bench/ is on sys.path when run as a script)
 
 from jax_tinyr1.data.synthetic import write_video
 from jax_tinyr1.data.video import frame_indices, read_frames
@@ -47,16 +46,6 @@ def pyav_sample(path: Path, num_frames: int) -> np.ndarray:
     return np.stack([out[i] for i in wanted])
 
 
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
@@ -66,8 +55,8 @@ def main(argv=None) -> int:
         path = Path(tmp) / "clip480p.mp4"
         make_clip(path)
         np.testing.assert_array_equal(read_frames(path, args.frames), pyav_sample(path, args.frames))
-        decord_s = timed(lambda: read_frames(path, args.frames), args.repeats)
-        pyav_s = timed(lambda: pyav_sample(path, args.frames), args.repeats)
+        decord_s = median_time(lambda: read_frames(path, args.frames), args.repeats, warmup=1)
+        pyav_s = median_time(lambda: pyav_sample(path, args.frames), args.repeats, warmup=1)
     print(f"{'decoder':<10}{'seconds':>10}{'frames/s':>12}")
     print(f"{'decord':<10}{decord_s:>10.3f}{args.frames / decord_s:>12.1f}")
     print(f"{'pyav':<10}{pyav_s:>10.3f}{args.frames / pyav_s:>12.1f}")

@@ -26,12 +26,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from timing import median_time  # bench/timing.py (bench/ is on sys.path when run as a script)
 
 from jax_tinyr1.grpo import OBJECTIVE_PRESETS
 from jax_tinyr1.grpo.rollout import make_sampler
@@ -73,16 +73,6 @@ def update_flops(config, rows: int, seq: int, remat: bool) -> float:
     return dense + attention
 
 
-def timed(fn, repeats=3):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny preset and short lengths (CPU smoke run)")
@@ -122,9 +112,11 @@ def main(argv=None) -> int:
         h, cache = model.hidden_states(inputs_embeds=embeds, attention_mask=mask, cache=cache)
         return model.logits_from_hidden(h[:, -1]), cache
 
-    prefill_s = timed(lambda: jax.block_until_ready(prefill(state, embeds, mask)), args.repeats)
+    prefill_s = median_time(lambda: jax.block_until_ready(prefill(state, embeds, mask)), args.repeats, warmup=1)
     keys = iter(jax.random.split(jax.random.key(0), 64))
-    rollout_s = timed(lambda: jax.block_until_ready(sample(state, embeds, mask, next(keys)).tokens), args.repeats)
+    rollout_s = median_time(
+        lambda: jax.block_until_ready(sample(state, embeds, mask, next(keys)).tokens), args.repeats, warmup=1
+    )
     rows = args.prompts * args.group
     decode_s = max(rollout_s - prefill_s, 1e-9)
     results["prefill_tokens_per_s"] = args.prompts * prompt_len / prefill_s
@@ -166,7 +158,7 @@ def main(argv=None) -> int:
         jax.block_until_ready(metrics["loss"])
 
     one_update()
-    update_s = timed(one_update, args.repeats)
+    update_s = median_time(one_update, args.repeats, warmup=1)
     flops = update_flops(config, args.group, prompt_len + new_tokens, remat=True)
     results["update_s"] = update_s
     results["update_tflops"] = flops / update_s / 1e12

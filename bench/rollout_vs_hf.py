@@ -19,7 +19,6 @@ Last lines: speedup_vs_hf_sequential=<x>, speedup_vs_hf_batched=<x>.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 import transformers
 from flax import nnx
+from timing import median_time  # bench/timing.py (bench/ is on sys.path when run as a script)
 
 from checkpoints_convert import hf_to_flax
 from jax_tinyr1.grpo.rollout import make_sampler
@@ -39,15 +39,6 @@ from jax_tinyr1.model import get_preset, load_pretrained
 from jax_tinyr1.model.presets import PRESETS
 
 NO_EOS = -1
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def hf_config(preset: str) -> transformers.Qwen2Config:

@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import jax
@@ -29,6 +27,7 @@ import numpy as np
 import optax
 import torch
 from flax import nnx
+from timing import median_time  # bench/timing.py (bench/ is on sys.path when run as a script)
 
 from checkpoints_convert import hf_to_flax
 from jax_tinyr1.grpo.logprobs import chunked_token_logps
@@ -39,15 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rollout_vs_hf import hf_config
 
 BETA, LR = 0.01, 1e-6
-
-
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def data(args, vocab):

@@ -16,16 +16,53 @@ def _last_lines(args, n):
 
 def test_gpu_3b_script_runs_on_cpu_with_the_tiny_config():
     figures = _last_lines(["bench/gpu_3b.py", "--tiny", "--repeats", "1", "--prompts", "2", "--group", "2"], 5)
-    assert {"prefill_tokens_per_s", "decode_tokens_per_s", "decode_bandwidth_gb_per_s", "update_s",
-            "update_tflops"} <= set(figures)
+    assert {
+        "prefill_tokens_per_s",
+        "decode_tokens_per_s",
+        "decode_bandwidth_gb_per_s",
+        "update_s",
+        "update_tflops",
+    } <= set(figures)
     assert all(v > 0 for v in figures.values())
 
 
 def test_rollout_and_update_benchmarks_run_tiny():
-    rollout = _last_lines(["bench/rollout_vs_hf.py", "--preset", "qwen2-tiny", "--prompts", "2", "--group", "2",
-                           "--new-tokens", "4", "--prompt-tokens", "4", "--repeats", "1", "--sequential-calls", "1",
-                           "--skip-video"], 2)
+    rollout = _last_lines(
+        [
+            "bench/rollout_vs_hf.py",
+            "--preset",
+            "qwen2-tiny",
+            "--prompts",
+            "2",
+            "--group",
+            "2",
+            "--new-tokens",
+            "4",
+            "--prompt-tokens",
+            "4",
+            "--repeats",
+            "1",
+            "--sequential-calls",
+            "1",
+            "--skip-video",
+        ],
+        2,
+    )
     assert set(rollout) == {"speedup_vs_hf_sequential", "speedup_vs_hf_batched"}
-    update = _last_lines(["bench/update_step.py", "--preset", "qwen2-tiny", "--rows", "2", "--prompt-tokens", "4",
-                          "--new-tokens", "4", "--repeats", "1"], 1)
+    update = _last_lines(
+        [
+            "bench/update_step.py",
+            "--preset",
+            "qwen2-tiny",
+            "--rows",
+            "2",
+            "--prompt-tokens",
+            "4",
+            "--new-tokens",
+            "4",
+            "--repeats",
+            "1",
+        ],
+        1,
+    )
     assert set(update) == {"speedup_vs_torch"} and update["speedup_vs_torch"] > 0

@@ -204,23 +204,57 @@ def test_eval_entry_point_on_generated_mvbench_and_mmvu_sets(tiny_run_data, tmp_
     videos = sorted((root / "data" / "videos").glob("*.mp4"))[:3]
     bench = tmp_path / "mvbench"
     (bench / "json").mkdir(parents=True)
-    items = [{"video": str(v.relative_to(root / "data")), "question": "What moves?",
-              "candidates": ["a", "b", "c", "d"], "answer": "b"} for v in videos]
+    items = [
+        {
+            "video": str(v.relative_to(root / "data")),
+            "question": "What moves?",
+            "candidates": ["a", "b", "c", "d"],
+            "answer": "b",
+        }
+        for v in videos
+    ]
     (bench / "json" / "action.json").write_text(json.dumps(items))
     shutil.copytree(root / "data" / "videos", bench / "videos")
     mmvu = tmp_path / "mmvu"
     mmvu.mkdir()
     shutil.copytree(root / "data" / "videos", mmvu / "videos")
-    (mmvu / "validation.json").write_text(json.dumps([
-        {"id": f"m{i}", "question": "Q", "choices": {"A": "x", "B": "y", "C": "z", "D": "w", "E": "v"},
-         "answer": "E", "question_type": "multiple-choice", "video": str(v.relative_to(root / "data"))}
-        for i, v in enumerate(videos)]))
+    (mmvu / "validation.json").write_text(
+        json.dumps(
+            [
+                {
+                    "id": f"m{i}",
+                    "question": "Q",
+                    "choices": {"A": "x", "B": "y", "C": "z", "D": "w", "E": "v"},
+                    "answer": "E",
+                    "question_type": "multiple-choice",
+                    "video": str(v.relative_to(root / "data")),
+                }
+                for i, v in enumerate(videos)
+            ]
+        )
+    )
     checkpoint = tmp_path / "model"
     save_pretrained(checkpoint, build_model("tinyllava", get_preset("tinyllava-video-tiny"), seed=0), "tinyllava")
     for name, data in (("mvbench", bench), ("mmvu", mmvu)):
-        out = _run(["jax_tinyr1.eval", "--checkpoint", str(checkpoint), "--tokenizer", str(root / "tok"),
-                    "--benchmark", name, "--data", str(data), "--max-new-tokens", "8", "--batch-size", "2",
-                    "--out", str(tmp_path / f"{name}.json")])
+        out = _run(
+            [
+                "jax_tinyr1.eval",
+                "--checkpoint",
+                str(checkpoint),
+                "--tokenizer",
+                str(root / "tok"),
+                "--benchmark",
+                name,
+                "--data",
+                str(data),
+                "--max-new-tokens",
+                "8",
+                "--batch-size",
+                "2",
+                "--out",
+                str(tmp_path / f"{name}.json"),
+            ]
+        )
         assert out.returncode == 0, out.stderr[-2000:]
         results = json.loads((tmp_path / f"{name}.json").read_text())
         assert results["count"] == 3 and len(results["items"]) == 3

@@ -47,7 +47,7 @@ def kth_largest_key(keys_bv: jax.Array, k: int) -> jax.Array:
     """The k-th largest of each row's order keys [B, 1], exactly: a bisection over the 2^32
     keys, 32 rounds of compare-and-count. On CPU this is far faster than lax.top_k over a
     151,936-token vocabulary (which sorts every row)."""
-    lo = jnp.zeros(keys_bv.shape[:-1] + (1,), jnp.uint32)  # invariant: count(keys >= lo) >= k
+    lo = jnp.zeros((*keys_bv.shape[:-1], 1), jnp.uint32)  # invariant: count(keys >= lo) >= k
     hi = jnp.full_like(lo, 0xFFFFFFFF)
 
     def step(_, bounds):

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from jax_tinyr1.model.layers import DTYPES, dense, layer_norm, stacked_param
+from jax_tinyr1.model.validation import require_dtypes, require_positive_ints
 
 NORM_EPS = 1e-5  # torch.nn.LayerNorm default, used throughout the resampler
 
@@ -38,18 +39,20 @@ class ConnectorConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        for name in (
-            "vision_hidden_size",
-            "hidden_size",
-            "num_queries",
-            "groups",
-            "num_layers",
-            "heads",
-            "dim_head",
-            "ff_mult",
-        ):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ValueError(f"ConnectorConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+        require_positive_ints(
+            self,
+            (
+                "vision_hidden_size",
+                "hidden_size",
+                "num_queries",
+                "groups",
+                "num_layers",
+                "heads",
+                "dim_head",
+                "ff_mult",
+            ),
+        )
+        require_dtypes(self)
         if self.num_queries % self.groups:
             raise ValueError(f"ConnectorConfig.num_queries {self.num_queries} not divisible by groups {self.groups}")
         if self.hidden_size % 2:

@@ -24,6 +24,7 @@ from jax_tinyr1.model.layers import (
     stacked_param,
 )
 from jax_tinyr1.model.sharding import constrain_batch
+from jax_tinyr1.model.validation import require_dtypes, require_positive_ints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,26 +46,25 @@ class Qwen2Config:
     scan_unroll: int = 1  # layers per scan iteration (1: one compiled body; num_layers: fully unrolled)
 
     def __post_init__(self):
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_layers",
-            "num_heads",
-            "num_kv_heads",
-            "head_dim",
-        ):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ValueError(f"Qwen2Config.{name} must be a positive int, got {getattr(self, name)!r}")
+        require_positive_ints(
+            self,
+            (
+                "vocab_size",
+                "hidden_size",
+                "intermediate_size",
+                "num_layers",
+                "num_heads",
+                "num_kv_heads",
+                "head_dim",
+            ),
+        )
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"Qwen2Config.num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads})"
             )
         if self.head_dim % 2:
             raise ValueError(f"Qwen2Config.head_dim must be even for RoPE, got {self.head_dim}")
-        for name in ("param_dtype", "dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ValueError(f"Qwen2Config.{name} must be one of {sorted(DTYPES)}, got {getattr(self, name)!r}")
+        require_dtypes(self)
 
 
 class KVCache(NamedTuple):

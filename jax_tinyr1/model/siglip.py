@@ -16,6 +16,7 @@ from flax import nnx
 
 from jax_tinyr1.model.layers import DTYPES, dense, layer_norm, stacked_param
 from jax_tinyr1.model.sharding import constrain_batch
+from jax_tinyr1.model.validation import require_dtypes, require_positive_ints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,18 +36,16 @@ class SiglipConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        for name in ("hidden_size", "intermediate_size", "num_layers", "num_heads", "image_size", "patch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise ValueError(f"SiglipConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+        require_positive_ints(
+            self, ("hidden_size", "intermediate_size", "num_layers", "num_heads", "image_size", "patch_size")
+        )
         if self.hidden_size % self.num_heads:
             raise ValueError(f"SiglipConfig.hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}")
         if self.image_size < self.patch_size:
             raise ValueError(f"SiglipConfig.image_size {self.image_size} is smaller than patch_size {self.patch_size}")
         if not -(self.num_layers + 1) <= self.select_layer <= self.num_layers:
             raise ValueError(f"SiglipConfig.select_layer {self.select_layer} out of range for {self.num_layers} layers")
-        for name in ("param_dtype", "dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ValueError(f"SiglipConfig.{name} must be one of {sorted(DTYPES)}, got {getattr(self, name)!r}")
+        require_dtypes(self)
 
     @property
     def num_patches(self) -> int:

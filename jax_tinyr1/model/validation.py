@@ -1,0 +1,20 @@
+"""Checks shared by the model config dataclasses; messages name the class and the field."""
+
+from __future__ import annotations
+
+from jax_tinyr1.model.layers import DTYPES
+
+
+def require_positive_ints(config, names) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{type(config).__name__}.{name} must be a positive int, got {value!r}")
+
+
+def require_dtypes(config, names=("param_dtype", "dtype")) -> None:
+    for name in names:
+        if getattr(config, name) not in DTYPES:
+            raise ValueError(
+                f"{type(config).__name__}.{name} must be one of {sorted(DTYPES)}, got {getattr(config, name)!r}"
+            )
