@@ -33,6 +33,7 @@ from flax import nnx
 from timing import median_time  # bench/timing.py (bench/ is on sys.path when run as a script)
 
 from checkpoints_convert import hf_to_flax
+from checkpoints_convert.qwen2 import qwen2_config_to_hf
 from jax_tinyr1.grpo.rollout import make_sampler
 from jax_tinyr1.grpo.sampling import SamplingConfig
 from jax_tinyr1.model import get_preset, load_pretrained
@@ -42,20 +43,8 @@ NO_EOS = -1
 
 
 def hf_config(preset: str) -> transformers.Qwen2Config:
-    c = get_preset(preset)
-    return transformers.Qwen2Config(
-        vocab_size=c.vocab_size,
-        hidden_size=c.hidden_size,
-        intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_layers,
-        num_attention_heads=c.num_heads,
-        num_key_value_heads=c.num_kv_heads,
-        head_dim=c.head_dim,
-        rope_theta=c.rope_theta,
-        rms_norm_eps=c.rms_norm_eps,
-        tie_word_embeddings=c.tie_word_embeddings,
-        max_position_embeddings=c.max_position_embeddings,
-    )
+    """The preset as an HF config, through the converter's own config mapping."""
+    return transformers.Qwen2Config(**qwen2_config_to_hf(get_preset(preset), "float32", {}))
 
 
 def bench_language_model(args, work: Path) -> dict[str, float]:

@@ -186,3 +186,27 @@ def test_advantage_noise_statistics_and_determinism():
         group_advantages(rewards, 8, noise_std=0.02)
     with pytest.raises(ValueError, match="groups"):
         group_advantages(rewards[:-1], 8, noise_std=0.0)
+
+
+def test_optimizer_schedules():
+    from jax_tinyr1.grpo.step import OptimizerConfig, make_optimizer
+
+    params = {"w": jnp.zeros(3)}
+    grads = {"w": jnp.ones(3)}
+
+    def first_updates(config, steps):
+        opt = make_optimizer(config)
+        state = opt.init(params)
+        out = []
+        for _ in range(steps):
+            updates, state = opt.update(grads, state, params)
+            out.append(float(updates["w"][0]))
+        return out
+
+    # Cosine with warmup: ceil(10 * 0.3) = 3 warmup steps from 0, then decaying.
+    cosine = first_updates(OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.3, total_steps=10), 6)
+    assert cosine[0] == 0.0 and abs(cosine[3]) > abs(cosine[5]) > 0
+    constant = first_updates(OptimizerConfig(learning_rate=1e-2, total_steps=10, schedule="constant"), 20)
+    assert constant[0] == pytest.approx(constant[19]) and constant[0] < 0  # Adam: -lr * sign
+    with pytest.raises(ValueError, match="schedule"):
+        OptimizerConfig(schedule="linear")

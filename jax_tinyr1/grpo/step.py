@@ -37,6 +37,7 @@ class OptimizerConfig:
     total_steps: int = 687
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
+    schedule: str = "cosine"  # cosine (linear warmup, then cosine to 0) | constant
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
@@ -44,6 +45,8 @@ class OptimizerConfig:
     def __post_init__(self):
         if self.learning_rate <= 0 or self.total_steps <= 0:
             raise ValueError("optimizer.learning_rate and optimizer.total_steps must be positive")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"optimizer.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"optimizer.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
@@ -69,8 +72,11 @@ class GRPOConfig:
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     """AdamW with linear warmup then cosine decay to 0 (HF's cosine schedule), after
     global-norm clipping."""
-    warmup = math.ceil(config.total_steps * config.warmup_ratio)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, config.total_steps, 0.0)
+    if config.schedule == "constant":
+        schedule = optax.constant_schedule(config.learning_rate)
+    else:
+        warmup = math.ceil(config.total_steps * config.warmup_ratio)
+        schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, config.total_steps, 0.0)
     return optax.chain(
         optax.clip_by_global_norm(config.max_grad_norm),
         optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay),

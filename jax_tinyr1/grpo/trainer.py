@@ -17,7 +17,7 @@ from jax_tinyr1.grpo.rollout import Rollout, generate
 from jax_tinyr1.grpo.step import (
     Batch,
     GRPOConfig,
-    batch_sharding,
+    batch_shardings,
     jit_update,
     make_logps,
     make_optimizer,
@@ -100,9 +100,7 @@ class GRPOTrainer:
     def update(self, batch: Batch):
         if self._jitted_update is None:
             self._jitted_update = jit_update(self._update, self.mesh, self.shardings, batch)
-        batch = jax.device_put(
-            batch, Batch(*(None if x is None else batch_sharding(self.mesh, x.shape) for x in batch))
-        )
+        batch = jax.device_put(batch, batch_shardings(self.mesh, batch))
         with jax.set_mesh(self.mesh):
             self.trainable, self.opt_state, metrics = self._jitted_update(
                 self.trainable, self.frozen, self.opt_state, batch

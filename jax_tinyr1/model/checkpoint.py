@@ -7,6 +7,7 @@ Layout of a model directory:
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -65,8 +66,6 @@ def load_pretrained(checkpoint_dir, *, mesh: Mesh | None = None, **config_overri
     default device. `config_overrides` replace config fields (e.g. dtype="bfloat16");
     shapes must stay those of the checkpoint.
     """
-    import dataclasses
-
     model_type, config, _ = load_model_config(checkpoint_dir)
     if config_overrides:
         config = dataclasses.replace(config, **config_overrides)

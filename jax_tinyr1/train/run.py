@@ -79,7 +79,6 @@ def grpo_config(config: TrainConfig, total_steps: int, *, sft: bool, eos_id: int
         }
         objective = dataclasses.replace(OBJECTIVE_PRESETS[g.objective], **fields)
     o = config.optimizer
-    warmup = o.warmup_ratio if o.schedule == "cosine" else 0.0
     if o.schedule not in ("cosine", "constant"):
         raise ConfigError(f"optimizer.schedule: {o.schedule!r} is not one of ['constant', 'cosine']")
     return GRPOConfig(
@@ -94,8 +93,9 @@ def grpo_config(config: TrainConfig, total_steps: int, *, sft: bool, eos_id: int
         ),
         optimizer=OptimizerConfig(
             learning_rate=o.learning_rate,
-            warmup_ratio=warmup,
-            total_steps=total_steps if o.schedule == "cosine" else 10**9,
+            warmup_ratio=o.warmup_ratio,
+            total_steps=total_steps,
+            schedule=o.schedule,
             weight_decay=o.weight_decay,
             max_grad_norm=o.max_grad_norm,
         ),
