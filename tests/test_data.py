@@ -1,6 +1,7 @@
 """Video decoding, data set formats, the grain loader (exact resume), bad input under both
 policies, and the synthetic generator."""
 
+import dataclasses
 import json
 import os
 
@@ -16,9 +17,9 @@ from jax_tinyr1.data.formats import (
     read_mvbench,
     read_videomme_parquet,
 )
-from jax_tinyr1.data.loader import LoaderConfig, VideoQALoader
+from jax_tinyr1.data.loader import LoaderConfig, VideoQALoader, process_order
 from jax_tinyr1.data.policy import BadInputPolicy, DataError, resolve_inside
-from jax_tinyr1.data.synthetic import generate, make_clip, read_index, write_video
+from jax_tinyr1.data.synthetic import COLOURS, generate, make_clip, read_index, write_video
 from jax_tinyr1.data.tokenizer import build_tokenizer
 from jax_tinyr1.data.video import VideoDecodeError, frame_indices, read_frames
 
@@ -161,7 +162,8 @@ def _records(root, videos):
 def test_bad_videos_under_both_policies_in_the_loader(tmp_path, tokenizer):
     (tmp_path / "videos").mkdir()
     bad = _bad_videos(tmp_path)
-    records = _records(tmp_path, ["videos/good.mp4", *bad, "../escape.mp4", "videos/good.mp4"])
+    # 8 records, batch 2: whole batches cover them all (a partial one would be cut before reading)
+    records = _records(tmp_path, ["videos/good.mp4", *bad, "../escape.mp4", "videos/good.mp4", "videos/good.mp4"])
     config = LoaderConfig(batch_size=2, num_frames=4, image_size=16, bad_input="skip")
     loader = VideoQALoader(records, tmp_path, tokenizer, config)
     batches = list(loader)  # runs to the end: every bad sample seen
@@ -169,7 +171,7 @@ def test_bad_videos_under_both_policies_in_the_loader(tmp_path, tokenizer):
     assert batches[0]["pixels"].shape == (2, 4, 16, 16, 3)
     assert loader.policy.counts == {"video": 4, "path": 1}
     assert "path=1" in loader.policy.summary() and "video=4" in loader.policy.summary()
-    strict = VideoQALoader(records, tmp_path, tokenizer, LoaderConfig(batch_size=6, num_frames=4, image_size=16))
+    strict = VideoQALoader(records, tmp_path, tokenizer, LoaderConfig(batch_size=8, num_frames=4, image_size=16))
     with pytest.raises(DataError, match=r"train.jsonl:\d+: .*(missing|empty|truncated|text|escape)"):
         next(strict)
 
@@ -196,22 +198,25 @@ def test_restored_loader_yields_the_same_batches(tmp_path, tokenizer, workers):
     assert seen != [r.id for r in records]
 
 
-def test_process_sharding_splits_the_data(tmp_path, tokenizer):
-    paths = generate(tmp_path, 8, seed=2, cold_start=0, frames=4)
+def test_process_blocks_lay_end_to_end_into_the_single_process_batch(tmp_path, tokenizer):
+    paths = generate(tmp_path, 9, seed=2, cold_start=0, frames=4)
     records = read_grpo_jsonl(paths["train"])
-    config = LoaderConfig(batch_size=1, num_frames=2, image_size=16)
-    ids = [
-        [
-            next(VideoQALoader(records, tmp_path, tokenizer, config, process_index=p, process_count=2))["ids"][0]
-            for _ in range(1)
-        ]
-        for p in range(2)
-    ]
+    per_process = LoaderConfig(batch_size=2, num_frames=2, image_size=16, num_epochs=2)
+    single = dataclasses.replace(per_process, batch_size=4)
     shards = [
-        {b["ids"][0] for b in VideoQALoader(records, tmp_path, tokenizer, config, process_index=p, process_count=2)}
+        list(VideoQALoader(records, tmp_path, tokenizer, per_process, process_index=p, process_count=2))
         for p in range(2)
     ]
-    assert not shards[0] & shards[1] and len(shards[0] | shards[1]) == 8 and ids[0] != ids[1]
+    whole = list(VideoQALoader(records, tmp_path, tokenizer, single))
+    assert len(whole) == len(shards[0]) == len(shards[1]) == 4  # 2 epochs x 9 // 4 (the rest dropped)
+    for step, batch in enumerate(whole):
+        assert batch["ids"] == shards[0][step]["ids"] + shards[1][step]["ids"]
+        np.testing.assert_array_equal(batch["pixels"], np.concatenate([s[step]["pixels"] for s in shards]))
+    first_epoch = [i for b in whole[:2] for i in b["ids"]]
+    second_epoch = [i for b in whole[2:] for i in b["ids"]]
+    assert len(set(first_epoch)) == 8 and first_epoch != second_epoch  # each epoch its own shuffle
+    with pytest.raises(ValueError, match="process_index 2"):
+        process_order(9, per_process, 2, 2)
 
 
 def test_synthetic_data_set_is_deterministic_balanced_and_parses(tmp_path):
@@ -224,6 +229,15 @@ def test_synthetic_data_set_is_deterministic_balanced_and_parses(tmp_path):
     assert max(letters.count(x) for x in "ABCD") - min(letters.count(x) for x in "ABCD") <= 3
     cold = read_cold_start_json(a["cold_start"])
     assert len(cold) == 4 and all(r.response.endswith(f"<answer>{r.answer}</answer>") for r in cold)
+    with_captions = generate(
+        tmp_path / "c", 0, seed=5, cold_start=4, frames=6, with_reasoning=False, captions=True, kinds=("screen_colour",)
+    )
+    base = read_cold_start_json(with_captions["cold_start"])
+    questions, captions = base[0::2], base[1::2]
+    assert [r.response for r in questions] == [r.answer for r in questions] and all(r.answer for r in questions)
+    assert all(r.options == () and r.answer == "" and r.response.startswith("The screen is ") for r in captions)
+    frames, *_ = make_clip("screen_colour", 2, np.random.default_rng(0), frames=4, size=16, shuffle_options=False)
+    assert tuple(frames[-1, 0, 0]) == COLOURS["blue"]  # options in a fixed order: C is blue
     assert all(r.response.startswith("<think>") for r in cold)
     frames = read_frames(tmp_path / "a" / records[0].video, 6)
     assert [read_index(f) for f in frames] == list(range(6))

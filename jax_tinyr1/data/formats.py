@@ -30,7 +30,7 @@ class Record:
     video: str  # path relative to the data root
     question: str  # the question text, options included as "A. ..." lines
     options: tuple[str, ...]  # option texts, in letter order
-    answer: str  # the right option's letter
+    answer: str  # the right option's letter ("" for an open-ended SFT sample)
     id: str
     source: str  # "file:line" or "file[index]", for error messages
     response: str | None = None  # a reference response (cold start: the reasoning text)
@@ -149,7 +149,8 @@ def _cold_start_item(item, where):
         raise DataError(f"{where}: conversations need a 'human' and a 'gpt' turn with text values")
     question = human.replace("<image>", "").strip()
     options = parse_options(question.removesuffix(REASONING_SUFFIX))  # the instruction is not an option
-    answer = _check_answer(_letter_of(gpt), options, where)
+    # A question without option lines is an open-ended sample (a caption): no letter to check.
+    answer = _check_answer(_letter_of(gpt), options, where) if options else ""
     return Record(
         video=str(item["video"]),
         question=question,

@@ -1,5 +1,5 @@
-"""The grain input pipeline: records -> seeded shuffle -> this process's shard -> decode and
-preprocess in worker processes -> batches of prompts.
+"""The grain input pipeline: records -> seeded shuffle per epoch -> this process's block of each
+global batch -> decode and preprocess in worker processes -> batches of prompts.
 
 Workers return either a sample or a description of why it could not be made; the main
 process applies the bad-input policy (error or skip-and-count) and fills batches. Its state
@@ -96,6 +96,26 @@ def _pad(rows: list[np.ndarray], pad_id: int, multiple: int = 1) -> tuple[np.nda
     return ids, mask
 
 
+def process_order(n: int, config: LoaderConfig, process_index: int = 0, process_count: int = 1) -> np.ndarray:
+    """The record indices this process reads, in order, for all epochs.
+
+    Each epoch is a fresh seeded permutation cut into global batches of `batch_size *
+    process_count` (a partial last batch is dropped); process p takes the p-th block of
+    `batch_size` of each. The global batch, blocks laid end to end in process order, is then
+    the same whatever the number of processes, which lets a multi-host run reproduce a
+    single-host one."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+    b, global_batch = config.batch_size, config.batch_size * process_count
+    blocks = []
+    for epoch in range(config.num_epochs):
+        permutation = np.random.default_rng([config.seed, epoch]).permutation(n)
+        steps = n // global_batch
+        per_step = permutation[: steps * global_batch].reshape(steps, process_count, b)
+        blocks.append(per_step[:, process_index].reshape(-1))
+    return np.concatenate(blocks)
+
+
 class VideoQALoader:
     """Iterates batches; `get_state()` / `set_state()` at batch boundaries."""
 
@@ -113,9 +133,10 @@ class VideoQALoader:
             raise DataError("the data set has no usable records")
         self.config, self.policy = config, BadInputPolicy(config.bad_input)
         self.pad_id = tokenizer.pad_token_id
-        dataset = grain.MapDataset.source(records).shuffle(seed=config.seed)
-        dataset = dataset[process_index::process_count]  # this host's share
-        dataset = dataset.repeat(config.num_epochs).map(MakeSample(data_root, tokenizer, config))
+        order = process_order(len(records), config, process_index, process_count)
+        if not len(order):
+            raise DataError(f"{len(records)} records fill no global batch of {config.batch_size} x {process_count}")
+        dataset = grain.MapDataset.source([records[i] for i in order]).map(MakeSample(data_root, tokenizer, config))
         iter_dataset = dataset.to_iter_dataset()
         if config.num_workers > 0:
             # grain's workers read absl flags; an entry point that never parsed them would fail.

@@ -30,10 +30,20 @@ COLOURS = {
     "purple": (150, 60, 200),
 }
 DIRECTIONS = ("left", "right", "up", "down")
-KINDS = ("direction", "first_appearance", "count", "colour_change")
+KINDS = ("direction", "first_appearance", "count", "colour_change")  # the default mix
+EXTRA_KINDS = ("screen_colour",)  # the whole frame changes colour: visible at any resolution
 LETTERS = string.ascii_uppercase
 BACKGROUND = 40
 STAMP_ROWS = 4  # the bottom rows hold the frame index
+# Openings of the generated reasoning, of different lengths: the cold-start model then writes
+# reasoning of varied length, which the format reward's length term can select among.
+PREAMBLES = (
+    "",
+    "Let me watch the clip. ",
+    "Let me watch the clip closely, from the first frame to the last one. ",
+    "Let me watch the clip closely, frame by frame, from the very first frame to the last one, "
+    "and keep track of what changes over time. ",
+)
 
 
 def stamp_index(frame: np.ndarray, index: int) -> None:
@@ -70,13 +80,25 @@ def _options(correct: str, pool, answer_index: int, rng) -> list[str]:
     return options
 
 
-def make_clip(kind: str, answer_index: int, rng: np.random.Generator, frames: int = 24, size: int = 64):
-    """(frames [T, size, size, 3] uint8, question, options, reasoning before the answer)."""
+def make_clip(
+    kind: str,
+    answer_index: int,
+    rng: np.random.Generator,
+    frames: int = 24,
+    size: int = 64,
+    *,
+    shuffle_options: bool = True,
+):
+    """(frames [T, size, size, 3] uint8, question, options, reasoning before the answer).
+
+    With `shuffle_options=False` the direction and colour questions list their options in one
+    fixed order (the answer still varies), so a very small model needs no circuit that finds
+    the option matching what it saw: the letter follows from the video alone."""
     video = _canvas(frames, size)
     usable = size - STAMP_ROWS
     colour_names = list(COLOURS)
     if kind == "direction":
-        direction = DIRECTIONS[rng.integers(4)]
+        direction = DIRECTIONS[rng.integers(4)] if shuffle_options else DIRECTIONS[answer_index]
         colour = colour_names[rng.integers(len(colour_names))]
         a, b = 10, size - 12
         for t in range(frames):
@@ -88,7 +110,7 @@ def make_clip(kind: str, answer_index: int, rng: np.random.Generator, frames: in
                 "up": (size // 2, usable - s * usable // size),
             }[direction]
             _square(video[t], x, y, 5, COLOURS[colour])
-        options = _options(direction, DIRECTIONS, answer_index, rng)
+        options = _options(direction, DIRECTIONS, answer_index, rng) if shuffle_options else list(DIRECTIONS)
         question = f"In which direction does the {colour} square move?"
         reasoning = (
             f"The {colour} square starts near one edge and steadily travels across the frame; "
@@ -119,13 +141,31 @@ def make_clip(kind: str, answer_index: int, rng: np.random.Generator, frames: in
         question = "How many circles appear in the video?"
         reasoning = f"Circles appear one at a time; by the last frame I count {count} of them."
     elif kind == "colour_change":
-        before, after = (colour_names[i] for i in rng.permutation(len(colour_names))[:2])
+        if shuffle_options:
+            before, after = (colour_names[i] for i in rng.permutation(len(colour_names))[:2])
+            pool = [after, *[n for n in colour_names if n not in (before, after)]][:4]
+            options = _options(after, pool, answer_index, rng)
+        else:
+            options = colour_names[:4]
+            after = options[answer_index]
+            others = [n for n in colour_names if n != after]
+            before = others[rng.integers(len(others))]
         for t in range(frames):
             _square(video[t], size // 2, usable // 2, 8, COLOURS[before if t < frames // 2 else after])
-        pool = [after, *[n for n in colour_names if n not in (before, after)]][:4]
-        options = _options(after, pool, answer_index, rng)
         question = "What colour does the square turn into?"
         reasoning = f"The square is {before} in the first half of the clip and then becomes {after}."
+    elif kind == "screen_colour":
+        options = colour_names[:4] if not shuffle_options else None
+        if shuffle_options:
+            after = colour_names[rng.integers(4)]
+            options = _options(after, colour_names[:4], answer_index, rng)
+        else:
+            after = options[answer_index]
+        before = [n for n in colour_names if n != after][rng.integers(len(colour_names) - 1)]
+        for t in range(frames):
+            video[t, :usable] = COLOURS[before if t < frames // 2 else after]
+        question = "What colour does the screen turn into?"
+        reasoning = f"The screen is {before} in the first half of the clip and then turns {after}."
     else:
         raise ValueError(f"unknown question kind {kind!r}")
     for t in range(frames):
@@ -161,19 +201,31 @@ def generate(
     codec: str = "libx264",
     extension: str = "mp4",
     with_reasoning: bool = True,
+    kinds: tuple[str, ...] = KINDS,
+    shuffle_options: bool = True,
+    captions: bool = False,
 ) -> dict[str, Path]:
     """Write `n` GRPO samples and `cold_start` more for SFT; returns the annotation paths. The SFT
     samples answer with reasoning and the paper's instruction (the cold
     start, `with_reasoning=True`) or with the option letter alone to the plain question (a base
-    model's SFT data)."""
+    model's SFT data). `kinds` picks the question kinds (in turn); see `make_clip` for
+    `shuffle_options`. `captions=True` adds, for each SFT clip, a "Describe the video." sample
+    answered with the plain description (a base model that can put what it sees in words)."""
+    unknown = sorted(set(kinds) - set(KINDS + EXTRA_KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"kinds: {unknown or 'none given'}; known: {list(KINDS + EXTRA_KINDS)}")
     out = Path(out)
     rng = np.random.default_rng(seed)
     rows, cold = [], []
     for i in range(n + cold_start):
-        kind = KINDS[i % len(KINDS)]
+        kind = kinds[i % len(kinds)]
         n_options = 5 if kind == "count" else 4
-        answer_index = (i // len(KINDS)) % n_options  # balanced letters within each kind
-        video, question, options, reasoning = make_clip(kind, answer_index, rng, frames, size)
+        answer_index = (i // len(kinds)) % n_options  # balanced letters within each kind
+        video, question, options, reasoning = make_clip(
+            kind, answer_index, rng, frames, size, shuffle_options=shuffle_options
+        )
+        description = reasoning
+        reasoning = PREAMBLES[rng.integers(len(PREAMBLES))] + reasoning
         name = f"videos/clip_{i:05d}.{extension}"
         write_video(out / name, video, codec=codec)
         problem = question + "\n" + "\n".join(f"{LETTERS[k]}. {o}" for k, o in enumerate(options))
@@ -203,6 +255,17 @@ def generate(
                     ],
                 }
             )
+            if captions:
+                cold.append(
+                    {
+                        "id": f"synthetic-caption-{i:05d}",
+                        "video": name,
+                        "conversations": [
+                            {"from": "human", "value": "<image>\nDescribe the video."},
+                            {"from": "gpt", "value": description},
+                        ],
+                    }
+                )
     (out / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (out / "cold_start.json").write_text(json.dumps(cold, indent=1))
     return {"train": out / "train.jsonl", "cold_start": out / "cold_start.json"}
