@@ -1,5 +1,10 @@
 """The host side of a GRPO step: encode videos -> sample G completions per prompt -> decode
--> rewards -> group advantages -> mu updates -> metrics (named as TRL names them)."""
+-> rewards -> group advantages -> mu updates -> metrics (named as TRL names them).
+
+Several processes may drive one mesh: each passes its own block of the global batch; the
+small host-side pieces (prompt ids, labels, sampled tokens) are gathered so that every process
+computes the same rewards and advantages, and the videos go straight to the devices of the
+process that read them (see `multihost`)."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from jax_tinyr1.grpo import multihost
 from jax_tinyr1.grpo.advantages import group_advantages
 from jax_tinyr1.grpo.rollout import Rollout, generate
 from jax_tinyr1.grpo.step import (
@@ -63,6 +69,7 @@ class GRPOTrainer:
         self.reference = jax.tree.map(jnp.copy, self.trainable) if config.objective.beta != 0 else None
         self._update = make_update(self.graphdef, config, self.optimizer)
         self._jitted_update = None
+        self._reshard_cache = {}
         self._logps = jax.jit(make_logps(self.graphdef, config))
         self.vision_graphdef = nnx.graphdef(model.vision)
         self._encode = jax.jit(self._encode_impl)
@@ -100,24 +107,46 @@ class GRPOTrainer:
     def update(self, batch: Batch):
         if self._jitted_update is None:
             self._jitted_update = jit_update(self._update, self.mesh, self.shardings, batch)
-        batch = jax.device_put(batch, batch_shardings(self.mesh, batch))
+        batch = self._reshard(batch, batch_shardings(self.mesh, batch))
         with jax.set_mesh(self.mesh):
             self.trainable, self.opt_state, metrics = self._jitted_update(
                 self.trainable, self.frozen, self.opt_state, batch
             )
         return metrics
 
+    def _reshard(self, tree, shardings):
+        """Place (possibly multi-host) arrays on the given shardings (a no-op where they are);
+        one compiled identity per sharding layout."""
+        move = self._reshard_cache.get(shardings)
+        if move is None:
+            move = self._reshard_cache[shardings] = jax.jit(lambda t: t, out_shardings=shardings)
+        return move(tree)
+
+    def global_rows(self, *local: np.ndarray, pad_value: int = 0) -> list[np.ndarray]:
+        """The whole batch's rows of per-process token arrays (right padded to one width)."""
+        return [multihost.allgather_rows(multihost.pad_columns(x, pad_value)) for x in local]
+
     # -- one step -------------------------------------------------------------------------
     def step(
         self, prompt_ids: np.ndarray, prompt_mask: np.ndarray, pixels: np.ndarray, labels: Sequence[str], key: jax.Array
     ) -> dict[str, float]:
-        """One GRPO step on B prompts (ids with one image placeholder, right padded)."""
+        """One GRPO step on this process's B prompts (ids with one image placeholder, right
+        padded); with several processes, all call it together with their own blocks."""
         start = time.perf_counter()
         c, g = self.config, self.config.group_size
         sample_key, noise_key = jax.random.split(key)
-        features = self.encode(jnp.asarray(pixels))
-        out = self.rollout(jnp.asarray(prompt_ids), jnp.asarray(prompt_mask), features, sample_key)
-        tokens, cmask = np.asarray(out.tokens), np.asarray(out.completion_mask)
+        pad = self.config.sampling.pad_id
+        (prompt_ids,) = self.global_rows(prompt_ids, pad_value=pad)
+        (prompt_mask,) = self.global_rows(prompt_mask)
+        labels = multihost.allgather_strings(list(labels))
+        features = self.encode(multihost.global_batch(self.mesh, pixels))
+        out = self.rollout(
+            multihost.replicated_to_global(self.mesh, prompt_ids),
+            multihost.replicated_to_global(self.mesh, prompt_mask),
+            features,
+            sample_key,
+        )
+        tokens, cmask = multihost.to_host(out.tokens), multihost.to_host(out.completion_mask)
         texts = [
             self.tokenizer.decode(t[m > 0], skip_special_tokens=True).strip()
             for t, m in zip(tokens, cmask, strict=True)
@@ -131,12 +160,12 @@ class GRPOTrainer:
             key=noise_key,
         )
         batch = Batch(
-            prompt_ids=jnp.repeat(jnp.asarray(prompt_ids), g, axis=0),
-            prompt_mask=jnp.repeat(jnp.asarray(prompt_mask), g, axis=0),
+            prompt_ids=multihost.replicated_to_global(self.mesh, np.repeat(prompt_ids, g, axis=0)),
+            prompt_mask=multihost.replicated_to_global(self.mesh, np.repeat(prompt_mask, g, axis=0)),
             features=features,
             tokens=out.tokens,
             completion_mask=out.completion_mask,
-            advantages=advantages,
+            advantages=multihost.replicated_to_global(self.mesh, np.asarray(advantages)),
             old_logps=None,
             ref_logps=None,
         )
@@ -146,7 +175,8 @@ class GRPOTrainer:
         if c.updates_per_rollout > 1:  # real old-policy log-probs for the later updates
             old = self.logps(self.trainable, batch)
             batch = batch._replace(old_logps=old)
-            extra["sampler_logp_abs_diff"] = float(jnp.sum(jnp.abs(old - out.logps) * cmask) / max(cmask.sum(), 1))
+            difference = np.abs(multihost.to_host(old) - multihost.to_host(out.logps)) * cmask
+            extra["sampler_logp_abs_diff"] = float(difference.sum() / max(cmask.sum(), 1))
         for _ in range(c.updates_per_rollout):
             metrics = self.update(batch)
         self.step_count += 1
@@ -159,7 +189,7 @@ class GRPOTrainer:
             "completions/mean_length": float(lengths.mean()),
             "completions/min_length": float(lengths.min()),
             "completions/max_length": float(lengths.max()),
-            "completions/clipped_ratio": float(np.asarray(out.truncated).mean()),
+            "completions/clipped_ratio": float(multihost.to_host(out.truncated).mean()),
             "frac_reward_zero_std": float(adv_metrics["frac_reward_zero_std"]),
             **{k: float(v) for k, v in metrics.items()},
             **extra,

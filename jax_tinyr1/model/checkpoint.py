@@ -55,8 +55,9 @@ def restore_params(directory: Path, abstract_params: dict) -> dict:
 def save_pretrained(directory: Path, model, model_type: str, **extra) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_params(directory, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    save_model_config(directory, model_type, model.config, **extra)
+    save_params(directory, nnx.to_pure_dict(nnx.state(model, nnx.Param)))  # all processes take part
+    if jax.process_index() == 0:
+        save_model_config(directory, model_type, model.config, **extra)
 
 
 def load_pretrained(checkpoint_dir, *, mesh: Mesh | None = None, **config_overrides):

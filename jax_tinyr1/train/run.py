@@ -5,6 +5,7 @@ checkpoints -> the final model (ours, and optionally the original HF layout) and
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -13,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jax_tinyr1.data.formats import read_cold_start_json, read_grpo_jsonl
 from jax_tinyr1.data.loader import LoaderConfig, VideoQALoader
 from jax_tinyr1.data.policy import BadInputPolicy, DataError
 from jax_tinyr1.data.tokenizer import load_tokenizer
+from jax_tinyr1.grpo import multihost
 from jax_tinyr1.grpo.loss import OBJECTIVE_PRESETS, ObjectiveConfig
 from jax_tinyr1.grpo.sampling import SamplingConfig
 from jax_tinyr1.grpo.step import Batch, GRPOConfig, OptimizerConfig
@@ -106,16 +108,16 @@ def grpo_config(config: TrainConfig, total_steps: int, *, sft: bool, eos_id: int
 
 
 def sft_step(trainer: GRPOTrainer, batch: dict[str, Any], key) -> dict[str, float]:
-    features = trainer.encode(jnp.asarray(batch["pixels"]))
-    rows = batch["prompt_ids"].shape[0]
+    mesh, pad = trainer.mesh, trainer.config.sampling.pad_id
+    prompt_ids, response_ids = trainer.global_rows(batch["prompt_ids"], batch["response_ids"], pad_value=pad)
+    prompt_mask, response_mask = trainer.global_rows(batch["prompt_mask"], batch["response_mask"])
+    features = trainer.encode(multihost.global_batch(mesh, batch["pixels"]))
     metrics = trainer.update(
         Batch(
-            jnp.asarray(batch["prompt_ids"]),
-            jnp.asarray(batch["prompt_mask"]),
+            *(multihost.replicated_to_global(mesh, x) for x in (prompt_ids, prompt_mask)),
             features,
-            jnp.asarray(batch["response_ids"]),
-            jnp.asarray(batch["response_mask"]),
-            jnp.ones(rows),
+            *(multihost.replicated_to_global(mesh, x) for x in (response_ids, response_mask)),
+            multihost.replicated_to_global(mesh, np.ones(len(prompt_ids), np.float32)),
             None,
             None,
         )
@@ -177,7 +179,12 @@ def train(config: TrainConfig, *, sft: bool) -> Path:
     latest = checkpointer.latest_step()
     if latest is not None:
         trainer.trainable, trainer.opt_state, meta = checkpointer.restore(latest, trainer.trainable, trainer.opt_state)
-        loader.set_state(meta["loader"])
+        if len(meta["loaders"]) != jax.process_count():
+            raise ConfigError(
+                f"run.output_dir: the checkpoint at step {latest} was written by {len(meta['loaders'])} processes, "
+                f"this run has {jax.process_count()}"
+            )
+        loader.set_state(json.loads(meta["loaders"][jax.process_index()]))
         start = meta["step"]
     base_key = jax.random.key(config.run.seed)
     step_fn: Callable = sft_step if sft else grpo_step
@@ -194,7 +201,8 @@ def train(config: TrainConfig, *, sft: bool) -> Path:
                 trainer.opt_state,
                 {
                     "step": step + 1,
-                    "loader": loader.get_state(),
+                    # every process's own data position (the JSON item is written by one)
+                    "loaders": multihost.allgather_strings([json.dumps(loader.get_state())]),
                     "rng_key": jax.random.key_data(key).tolist(),
                     "seed": config.run.seed,
                     "config": to_dict(config),
@@ -209,12 +217,14 @@ def train(config: TrainConfig, *, sft: bool) -> Path:
 
 def save_final(trainer: GRPOTrainer, out: Path, config: TrainConfig, tokenizer) -> Path:
     final = out / "final"
-    if jax.process_index() != 0:
-        return final
-    if final.exists():
+    if jax.process_index() == 0 and final.exists():
         shutil.rmtree(final)
+    multihost.barrier("final-cleared")
+    # Every process takes part in the (orbax) parameter save; the first writes the rest.
     model = nnx.merge(trainer.graphdef, {**trainer.frozen, **trainer.trainable})
     save_pretrained(final, model, "tinyllava")
+    if jax.process_index() != 0:
+        return final
     tokenizer.save_pretrained(final / "tokenizer")
     from jax_tinyr1.plot import plot_run
 
