@@ -2,19 +2,23 @@
 
     python -m jax_tinyr1.demo [--out runs/demo] [--quick]
 
-1. Synthetic video-QA data with real H.264 clips (train, cold start, held-out eval).
+1. Synthetic video-QA data with real H.264 clips (SFT set with captions, cold start + GRPO set,
+   held-out eval set).
 2. A byte-level BPE tokenizer trained on that text.
-3. Base model: the tiny TinyLLaVA-Video, SFT on option answers (as TinyLLaVA-Video-SFT).
+3. SFT model: the tiny TinyLLaVA-Video from scratch, SFT on option answers and captions.
 4. ColdStart: SFT on 16 reasoning samples (<think>...</think><answer>X</answer>).
 5. R1: GRPO with the paper's reward rule (configs/demo_cpu.yaml).
-6. Evaluation of ColdStart and R1 on the held-out set with the reasoning prompt; plots.
+6. Evaluation of the three on the held-out set (SFT with the plain question, the others with
+   the reasoning prompt); a table like the paper's Table 1, plots, OUT/summary.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 from jax_tinyr1.data.formats import read_cold_start_json, read_grpo_jsonl
@@ -23,62 +27,121 @@ from jax_tinyr1.data.synthetic import generate
 from jax_tinyr1.data.tokenizer import build_tokenizer
 from jax_tinyr1.eval.__main__ import evaluate
 from jax_tinyr1.eval.scoring import score
-from jax_tinyr1.model import load_pretrained
+from jax_tinyr1.model import build_model, get_preset, load_pretrained, save_pretrained
 from jax_tinyr1.train.config import load_config
 from jax_tinyr1.train.logging import read_metrics
 from jax_tinyr1.train.run import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.yaml"
-SIZES = {
-    "full": dict(base=192, base_epochs=3, cold=16, cold_epochs=60, grpo=80, grpo_steps=40, eval=48),
-    "quick": dict(base=24, base_epochs=1, cold=8, cold_epochs=2, grpo=8, grpo_steps=4, eval=8),
-}
+# The demo's questions: two kinds the tiny model can see at 16 x 16 pixels, options in a fixed
+# order (see data.synthetic.make_clip), letters balanced.
+KINDS = ("screen_colour",)
+# The resampler's learned latents start at std 1 (as the original's torch.randn); next to them
+# the video moves the connector's output by ~0.05 %, which a model trained from scratch takes
+# thousands of CPU steps to pick up. The demo's from-scratch model starts them at std 0.02,
+# the scale of every other weight (about 50 % then).
+LATENTS_INIT_STD = 0.02
 
 
-def sft_config(out: Path, data: Path, checkpoint: Path | None, epochs: int, lr: float, tokenizer: Path):
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    base: int = 192  # SFT samples (option letter answers)
+    base_epochs: int = 6
+    base_lr: float = 2e-3
+    batch: int = 8
+    cold: int = 16  # cold-start reasoning samples
+    cold_epochs: int = 30
+    cold_lr: float = 2e-3
+    grpo: int = 200  # GRPO prompts
+    grpo_steps: int = 50
+    eval: int = 96  # held-out questions
+
+
+SIZES = {"full": Sizes(), "quick": Sizes(base=24, base_epochs=1, cold=8, cold_epochs=2, grpo=16, grpo_steps=4, eval=8)}
+
+
+def initial_model(out: Path) -> Path:
+    """The tiny TinyLLaVA-Video at random initialization (see LATENTS_INIT_STD)."""
+    model = build_model("tinyllava", get_preset("tinyllava-video-tiny"), seed=0)
+    model.connector.latents[...] = model.connector.latents[...] * LATENTS_INIT_STD
+    save_pretrained(out, model, "tinyllava")
+    return out
+
+
+def sft_config(out: Path, data: Path, checkpoint: Path, epochs: int, lr: float, tokenizer: Path, batch: int = 4):
     overrides = [
         f"data.root={data}",
         "data.train=cold_start.json",
-        "data.batch_size=4",
+        f"data.batch_size={batch}",
         f"run.epochs={epochs}",
         f"run.output_dir={out}",
         f"run.tokenizer={tokenizer}",
         f"optimizer.learning_rate={lr}",
         "optimizer.schedule=constant",
         "run.save_every=1000",
+        f"model.checkpoint={checkpoint}",
     ]
-    if checkpoint is not None:
-        overrides.append(f"model.checkpoint={checkpoint}")
     return load_config(None, overrides)
 
 
-def evaluate_stage(final: Path, tokenizer, eval_dir: Path, max_new_tokens: int) -> dict:
+def evaluate_stage(final: Path, tokenizer, eval_dir: Path, max_new_tokens: int, *, reasoning_prompt: bool) -> dict:
     model, config = load_pretrained(final)
     policy = BadInputPolicy("skip")
     records = read_grpo_jsonl(eval_dir / "train.jsonl", policy)
     kept, outputs = evaluate(
-        model, config, tokenizer, records, eval_dir, batch_size=8, max_new_tokens=max_new_tokens, policy=policy
+        model,
+        config,
+        tokenizer,
+        records,
+        eval_dir,
+        batch_size=8,
+        max_new_tokens=max_new_tokens,
+        policy=policy,
+        reasoning_prompt=reasoning_prompt,
     )
-    return score(kept, outputs, "jsonl")
+    return score(kept, outputs, "jsonl", tagged=reasoning_prompt)
 
 
-def run(out: Path, *, quick: bool = False) -> dict:
-    n = SIZES["quick" if quick else "full"]
+def first_and_last_fifth(metrics: list[dict], key: str) -> tuple[float, float]:
+    """Means of `key` over the first and the last fifth of the logged steps."""
+    k = max(1, len(metrics) // 5)
+    values = [m[key] for m in metrics]
+    return sum(values[:k]) / k, sum(values[-k:]) / k
+
+
+def run(out: Path, *, quick: bool = False, sizes: Sizes | None = None, overrides: tuple[str, ...] = ()) -> dict:
+    n = sizes or SIZES["quick" if quick else "full"]
+    started = time.perf_counter()
+    seconds = {}
+
+    def stage(name: str, t0: float) -> None:
+        seconds[name] = round(time.perf_counter() - t0, 1)
+
     out.mkdir(parents=True, exist_ok=True)
     print("1/6 synthetic data (real H.264 clips)", flush=True)
-    generate(out / "base_data", 0, seed=1, cold_start=n["base"], with_reasoning=False)
-    generate(out / "data", n["grpo"], seed=2, cold_start=n["cold"])
-    generate(out / "eval", n["eval"], seed=3, cold_start=0)
+    t0 = time.perf_counter()
+    synthetic = dict(kinds=KINDS, shuffle_options=False)
+    generate(out / "base_data", 0, seed=1, cold_start=n.base, with_reasoning=False, captions=True, **synthetic)
+    generate(out / "data", n.grpo, seed=2, cold_start=n.cold, **synthetic)
+    generate(out / "eval", n.eval, seed=3, cold_start=0, **synthetic)
     print("2/6 tokenizer", flush=True)
     corpus = [r.question + " " + (r.response or "") for r in read_cold_start_json(out / "data" / "cold_start.json")]
     corpus += [r.question for r in read_grpo_jsonl(out / "data" / "train.jsonl")]
     corpus += [r.question for r in read_cold_start_json(out / "base_data" / "cold_start.json")]
     tokenizer = build_tokenizer(corpus * 3, out / "tokenizer", vocab_size=500)
-    print("3/6 base model: SFT on option answers", flush=True)
-    base = train(sft_config(out / "base", out / "base_data", None, n["base_epochs"], 5e-3, out / "tokenizer"), sft=True)
+    stage("data", t0)
+    print("3/6 SFT model: SFT on option answers", flush=True)
+    t0 = time.perf_counter()
+    tok = out / "tokenizer"
+    init = initial_model(out / "init")
+    base = train(sft_config(out / "base", out / "base_data", init, n.base_epochs, n.base_lr, tok, n.batch), sft=True)
+    stage("sft", t0)
     print("4/6 ColdStart: SFT on reasoning samples", flush=True)
-    cold = train(sft_config(out / "coldstart", out / "data", base, n["cold_epochs"], 5e-3, out / "tokenizer"), sft=True)
+    t0 = time.perf_counter()
+    cold = train(sft_config(out / "coldstart", out / "data", base, n.cold_epochs, n.cold_lr, tok), sft=True)
+    stage("coldstart", t0)
     print("5/6 R1: GRPO", flush=True)
+    t0 = time.perf_counter()
     grpo_config = load_config(
         CONFIG,
         [
@@ -86,40 +149,42 @@ def run(out: Path, *, quick: bool = False) -> dict:
             f"data.root={out / 'data'}",
             f"run.output_dir={out / 'grpo'}",
             f"run.tokenizer={out / 'tokenizer'}",
-            f"run.max_steps={n['grpo_steps']}",
+            f"run.max_steps={n.grpo_steps}",
+            *overrides,
         ],
     )
     r1 = train(grpo_config, sft=False)
+    stage("grpo", t0)
     print("6/6 evaluation on held-out clips", flush=True)
+    t0 = time.perf_counter()
     max_new = grpo_config.grpo.max_new_tokens
     results = {
-        "coldstart": evaluate_stage(cold, tokenizer, out / "eval", max_new),
-        "r1": evaluate_stage(r1, tokenizer, out / "eval", max_new),
+        "sft": evaluate_stage(base, tokenizer, out / "eval", 8, reasoning_prompt=False),
+        "coldstart": evaluate_stage(cold, tokenizer, out / "eval", max_new, reasoning_prompt=True),
+        "r1": evaluate_stage(r1, tokenizer, out / "eval", max_new, reasoning_prompt=True),
     }
+    stage("eval", t0)
     metrics = read_metrics(out / "grpo")
-    k = max(1, len(metrics) // 4)
-
-    def mean(key, rows):
-        return sum(r[key] for r in rows) / len(rows)
-
+    reward_first, reward_last = first_and_last_fifth(metrics, "reward")
+    length_first, length_last = first_and_last_fifth(metrics, "completions/mean_length")
     summary = {
-        "coldstart_accuracy": results["coldstart"]["overall"],
-        "r1_accuracy": results["r1"]["overall"],
-        "coldstart_unparsed": results["coldstart"]["unparsed"],
-        "r1_unparsed": results["r1"]["unparsed"],
-        "reward_first": mean("reward", metrics[:k]),
-        "reward_last": mean("reward", metrics[-k:]),
-        "length_first": mean("completions/mean_length", metrics[:k]),
-        "length_last": mean("completions/mean_length", metrics[-k:]),
+        **{f"{k}_accuracy": results[k]["overall"] for k in results},
+        **{f"{k}_unparsed": results[k]["unparsed"] for k in results},
         "eval_count": results["r1"]["count"],
+        "reward_first": reward_first,
+        "reward_last": reward_last,
+        "length_first": length_first,
+        "length_last": length_last,
+        "seconds": round(time.perf_counter() - started, 1),
+        "stage_seconds": seconds,
     }
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"\n{'model':<12}{'accuracy':>10}{'unparsed':>10}   (held-out, {summary['eval_count']} questions)")
-    for stage in ("coldstart", "r1"):
-        print(f"{stage:<12}{results[stage]['overall']:>10.1f}{results[stage]['unparsed']:>10}")
-    print(f"GRPO reward: {summary['reward_first']:.2f} (first quarter) -> {summary['reward_last']:.2f} (last quarter)")
-    print(f"GRPO response length: {summary['length_first']:.1f} -> {summary['length_last']:.1f} tokens")
-    print(f"plots: {out / 'grpo'}/*.png; summary: {out / 'demo_summary.json'}")
+    for name, label in (("sft", "SFT"), ("coldstart", "ColdStart"), ("r1", "R1")):
+        print(f"{label:<12}{results[name]['overall']:>10.1f}{results[name]['unparsed']:>10}")
+    print(f"GRPO reward: {reward_first:.2f} (first fifth of the steps) -> {reward_last:.2f} (last fifth)")
+    print(f"GRPO response length: {length_first:.1f} -> {length_last:.1f} tokens")
+    print(f"{summary['seconds']:.0f} s; plots: {out / 'grpo'}/*.png; summary: {out / 'summary.json'}")
     return summary
 
 

@@ -5,6 +5,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -131,6 +132,62 @@ def test_killed_run_resumes_to_the_same_parameters(tiny_run_data, tmp_path):
     assert {p.name for p in (tmp_path / "killed").glob("*.png")} >= {"reward.png", "response_length.png"}
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process_on_the_same_mesh(tiny_run_data, tmp_path):
+    """2 processes x 4 CPU devices (gloo collectives), each reading its half of every batch,
+    against 1 process x 8 devices, on the same data=2 x fsdp=4 mesh and global batch."""
+    root = tiny_run_data
+    # lr 1e-3: Adam turns last-bit gradient differences on near-zero elements into lr-sized steps
+    common = ["mesh.data=2", "mesh.fsdp=4", "run.epochs=2", "run.max_steps=2", "run.save_every=1"]
+    common.append("optimizer.learning_rate=1e-3")
+    single = _run(
+        [*_grpo_args(root, tmp_path / "one"), *common, "data.batch_size=8"],
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    port = _free_port()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", *_grpo_args(root, tmp_path / "two"), *common, "data.batch_size=4"],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": str(i),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for process in processes:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-3000:]
+    a, b = _final_params(tmp_path / "one"), _final_params(tmp_path / "two")
+    assert a.keys() == b.keys()
+    # Not bitwise: gloo's cross-process all-reduce adds the partial gradients in another order
+    # than the in-process one (last-bit differences, which Adam's normalisation can lift to
+    # ~1e-7 on elements whose gradient is near zero). Per tensor, relative to its norm:
+    # Qwen2's key bias is left out: its gradient is analytically zero (softmax is shift
+    # invariant per query), so Adam only ever moves it by normalised rounding noise.
+    for key in a:
+        if "k_bias" not in key:
+            assert np.linalg.norm(a[key] - b[key]) <= 1e-6 * np.linalg.norm(a[key]), key
+    metrics = [
+        [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("one", "two")
+    ]
+    assert [m["reward"] for m in metrics[0]] == [m["reward"] for m in metrics[1]]
+    assert [m["completions/mean_length"] for m in metrics[0]] == [m["completions/mean_length"] for m in metrics[1]]
+
+
 def _record(i, answer, options=4, task="t", duration=None):
     meta = {"task": task} if duration is None else {"duration": duration}
     return Record(
@@ -192,8 +249,13 @@ def test_demo_pipeline_runs_end_to_end_quick(tmp_path):
     assert (out / "grpo" / "reward.png").is_file() and (out / "grpo" / "tensorboard").is_dir()
     assert summary["eval_count"] == 8
     assert 0 <= summary["r1_unparsed"] <= 8 and 0.0 <= summary["r1_accuracy"] <= 100.0
-    results = json.loads((out / "demo_summary.json").read_text())
+    results = json.loads((out / "summary.json").read_text())
     assert results == json.loads(json.dumps(summary))
+    required = {"sft_accuracy", "coldstart_accuracy", "r1_accuracy", "reward_first", "reward_last", "length_first"}
+    assert required | {"length_last", "seconds"} <= set(results)
+    metrics = [json.loads(x) for x in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 4 and results["reward_first"] == metrics[0]["reward"]  # first fifth of 4 steps: 1
+    assert results["length_last"] == metrics[-1]["completions/mean_length"]
 
 
 def test_eval_entry_point_on_generated_mvbench_and_mmvu_sets(tiny_run_data, tmp_path):

@@ -72,8 +72,19 @@ class Generator:
 
 
 def evaluate(
-    model, config, tokenizer, records, root: Path, *, batch_size: int, max_new_tokens: int, policy: BadInputPolicy
+    model,
+    config,
+    tokenizer,
+    records,
+    root: Path,
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    policy: BadInputPolicy,
+    reasoning_prompt: bool = True,
 ) -> tuple[list, list[str]]:
+    """Greedy outputs for `records`; `reasoning_prompt=False` asks the plain question (how an
+    SFT model without reasoning training is evaluated)."""
     generator = Generator(model, max_new_tokens, tokenizer.eos_token_id)
     kept, outputs = [], []
     for start in range(0, len(records), batch_size):
@@ -85,7 +96,7 @@ def evaluate(
                 policy.bad("video", f"{record.source}: {e}")
                 continue
             chunk.append(record)
-            ids.append(prompt_ids(tokenizer, grpo_question(record.question)))
+            ids.append(prompt_ids(tokenizer, grpo_question(record.question) if reasoning_prompt else record.question))
             frames.append(preprocess_frames(video, config.vision.image_size))
         if not chunk:
             continue

@@ -17,14 +17,21 @@ from jax_tinyr1.rewards.accuracy import answer_content, parse_option_letter
 BENCHMARKS = ("mvbench", "videomme", "mlvu", "mmvu", "jsonl")
 
 
-def parse_prediction(text: str, num_options: int) -> str | None:
-    """The option letter inside <answer>...</answer>, or None."""
-    content = answer_content(text)
+def parse_prediction(text: str, num_options: int, *, tagged: bool = True) -> str | None:
+    """The option letter inside <answer>...</answer>, or None. `tagged=False` reads the whole
+    text as the answer (a model asked the plain question answers with the letter alone)."""
+    content = answer_content(text) if tagged else text
     return None if content is None else parse_option_letter(content, string.ascii_uppercase[:num_options])
 
 
 def score(
-    records: Sequence[Record], outputs: Sequence[str], benchmark: str, *, random_fallback: bool = False, seed: int = 0
+    records: Sequence[Record],
+    outputs: Sequence[str],
+    benchmark: str,
+    *,
+    random_fallback: bool = False,
+    seed: int = 0,
+    tagged: bool = True,
 ) -> dict:
     if benchmark not in BENCHMARKS:
         raise ValueError(f"benchmark must be one of {BENCHMARKS}, got {benchmark!r}")
@@ -34,7 +41,7 @@ def score(
     by_group: dict[str, list[bool]] = defaultdict(list)
     items, unparsed, correct_total = [], 0, 0
     for record, text in zip(records, outputs, strict=True):
-        prediction = parse_prediction(text, len(record.options))
+        prediction = parse_prediction(text, len(record.options), tagged=tagged)
         if prediction is None:
             unparsed += 1
             if random_fallback:
