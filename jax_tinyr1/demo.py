@@ -33,7 +33,7 @@ from jax_tinyr1.train.logging import read_metrics
 from jax_tinyr1.train.run import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_cpu.yaml"
-# The demo's questions: two kinds the tiny model can see at 16 x 16 pixels, options in a fixed
+# The demo's question: one the tiny model sees plainly at 16 x 16 pixels, options in a fixed
 # order (see data.synthetic.make_clip), letters balanced.
 KINDS = ("screen_colour",)
 # The resampler's learned latents start at std 1 (as the original's torch.randn); next to them

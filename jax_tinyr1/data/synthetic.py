@@ -155,11 +155,11 @@ def make_clip(
         question = "What colour does the square turn into?"
         reasoning = f"The square is {before} in the first half of the clip and then becomes {after}."
     elif kind == "screen_colour":
-        options = colour_names[:4] if not shuffle_options else None
         if shuffle_options:
             after = colour_names[rng.integers(4)]
             options = _options(after, colour_names[:4], answer_index, rng)
         else:
+            options = colour_names[:4]
             after = options[answer_index]
         before = [n for n in colour_names if n != after][rng.integers(len(colour_names) - 1)]
         for t in range(frames):

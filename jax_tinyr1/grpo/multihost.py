@@ -57,14 +57,12 @@ def global_batch(mesh, local: np.ndarray) -> jax.Array:
     its own process's block; otherwise (e.g. fewer rows than data-parallel devices, so the rows
     are replicated) all rows are gathered to every host first."""
     local = np.asarray(local)
-    global_shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
-    sharding = batch_sharding(mesh, global_shape)
-    if jax.process_count() == 1:
-        return jax.device_put(local, sharding)
-    if _blocks_follow_processes(sharding, global_shape, local.shape[0]):
-        return jax.make_array_from_process_local_data(sharding, local, global_shape)
-    full = allgather_rows(local)
-    return jax.make_array_from_callback(global_shape, sharding, lambda index: full[index])
+    if jax.process_count() > 1:
+        global_shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
+        sharding = batch_sharding(mesh, global_shape)
+        if _blocks_follow_processes(sharding, global_shape, local.shape[0]):
+            return jax.make_array_from_process_local_data(sharding, local, global_shape)
+    return replicated_to_global(mesh, allgather_rows(local))
 
 
 def replicated_to_global(mesh, full: np.ndarray) -> jax.Array:
