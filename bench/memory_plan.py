@@ -151,7 +151,8 @@ def plan(
         model = nnx.merge(graphdef, {**frozen, **trainable})
         visual = model.encode_video(pixels)
         embeds, mask = model.embed_inputs(prompt_ids, prompt_mask, visual)
-        return generate(model.llm, embeds, mask, key, grpo.sampling, group)
+        # The accelerator decode path (this plan is for GPUs; "cpu" copies weights per rollout).
+        return generate(model.llm, embeds, mask, key, grpo.sampling, group, decode_path="scan")
 
     image = config.vision.image_size
     pixels = spec((b, frames, image, image, 3), jnp.bfloat16)

@@ -34,7 +34,7 @@ def test_grpo_raises_the_reward_on_a_toy_task(tmp_path):
     config = GRPOConfig(
         objective=dataclasses.replace(OBJECTIVE_PRESETS["paper"], beta=0.0),
         sampling=SamplingConfig(max_new_tokens=20, temperature=1.0, top_k=0, eos_id=eos, pad_id=eos),
-        optimizer=OptimizerConfig(learning_rate=2e-3, warmup_ratio=0.0, total_steps=1000),
+        optimizer=OptimizerConfig(learning_rate=1e-3, warmup_ratio=0.0, total_steps=1000),
         group_size=8,
     )
     model = build_model("tinyllava", get_preset("tinyllava-video-tiny"), seed=0)
@@ -66,14 +66,17 @@ def test_grpo_raises_the_reward_on_a_toy_task(tmp_path):
     model = nnx.merge(trainer.graphdef, {**trainer.frozen, **trainer.trainable})
     trainer = GRPOTrainer(model, config, tokenizer=tokenizer)
 
-    rewards = []
+    # lr 1e-3 and means over the last 8 of 32 steps: with 2e-3, or the last step alone, the
+    # outcome hung on the sampler's random draws (a single step's collapse decided it).
+    rewards, formats = [], []
     key = jax.random.key(0)
-    for _ in range(24):
+    for _ in range(32):
         key, sub = jax.random.split(key)
         metrics = trainer.step(prompts, mask, pixels, ["B", "B"], sub)
         rewards.append(metrics["reward"])
-    early, late = np.mean(rewards[:4]), np.mean(rewards[-4:])
-    assert metrics["rewards/format/mean"] > 0.4  # the format (FR >= 0.5 when kept) survives
+        formats.append(metrics["rewards/format/mean"])
+    early, late = np.mean(rewards[:4]), np.mean(rewards[-8:])
+    assert np.mean(formats[-8:]) > 0.4  # the format (FR >= 0.5 when kept) survives
     assert late > early + 0.5, rewards
     assert late > 0.8, rewards  # mostly right answers (1 + FR each; a wrong one is -FR)
 

@@ -1,11 +1,14 @@
-"""Prefill + one-token decode steps through the KV cache == one full forward."""
+"""Prefill + one-token decode steps through the KV cache == one full forward; the CPU decode
+step (per-layer transposed weights, feature-major) == the scanned layers."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from jax_tinyr1.model import KVCache, build_model, get_preset
+from jax_tinyr1.model.qwen2_decode import decode_step, decode_weights
 
 
 def _model():
@@ -69,3 +72,26 @@ def test_decode_step_traces_once():
         _, cache = step(state, jnp.full((1, 1), t, jnp.int32), cache)
     assert int(cache.index) == 5
     assert len(traces) == 1
+
+
+@pytest.mark.parametrize("preset", ["qwen2-tiny", "qwen2-tiny-untied"])
+def test_cpu_decode_step_equals_scanned_layers(preset):
+    """After a right-padded prefill, `decode_step` gives the scanned layers' logits and cache."""
+    model = build_model("qwen2", get_preset(preset), seed=4)
+    rng = np.random.RandomState(2)
+    lengths = np.array([7, 3, 5])
+    prompt = rng.randint(1, 512, (3, 7))
+    mask = np.arange(7)[None] < lengths[:, None]
+    new_tokens = rng.randint(1, 512, (3, 4))
+    cache = KVCache.init(model.config, batch=3, max_len=12)
+    _, cache = model(jnp.asarray(prompt * mask), jnp.asarray(mask), cache=cache)
+    scanned, fast = cache, cache
+    step = jax.jit(lambda tokens, positions, cache: decode_step(model, decode_weights(model), tokens, positions, cache))
+    for t in range(4):
+        positions = jnp.asarray(lengths + t)
+        want, scanned = model(jnp.asarray(new_tokens[:, t : t + 1]), cache=scanned, positions=positions[:, None])
+        got, fast = step(jnp.asarray(new_tokens[:, t]), positions, fast)
+        assert rel(got, want[:, 0]) <= 1e-5
+    assert rel(fast.k_lbksh, scanned.k_lbksh) <= 1e-5 and rel(fast.v_lbksh, scanned.v_lbksh) <= 1e-5
+    np.testing.assert_array_equal(np.asarray(fast.valid_bs), np.asarray(scanned.valid_bs))
+    assert int(fast.index) == int(scanned.index) == 11

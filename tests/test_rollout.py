@@ -4,6 +4,7 @@ frequencies == the (filtered) softmax, one compilation, EOS handling."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 from flax import nnx
 from hf_reference import convert_and_load, random_qwen2
@@ -22,13 +23,14 @@ def _prompts():
     return ids * mask, mask, lengths
 
 
-def test_greedy_matches_hf_generate_and_logps_match_full_forward(tmp_path):
+@pytest.mark.parametrize("decode_path", ["scan", "cpu"])
+def test_greedy_matches_hf_generate_and_logps_match_full_forward(tmp_path, decode_path):
     reference = random_qwen2(tmp_path / "hf", seed=4)
     model, _ = convert_and_load(tmp_path / "hf", tmp_path / "fx")
     ids, mask, lengths = _prompts()
     config = SamplingConfig(max_new_tokens=10, temperature=0.0, top_k=0, eos_id=EOS, pad_id=0)
     graphdef, state = nnx.split(model)
-    sample = make_sampler(graphdef, config, group_size=2)
+    sample = make_sampler(graphdef, config, group_size=2, decode_path=decode_path)
     out = sample(state, model.embed_tokens(jnp.asarray(ids)), jnp.asarray(mask), jax.random.key(0))
     tokens, cmask, logps = (np.asarray(x) for x in (out.tokens, out.completion_mask, out.logps))
     assert tokens.shape == (6, 10)
@@ -55,6 +57,23 @@ def test_greedy_matches_hf_generate_and_logps_match_full_forward(tmp_path):
     # Same shapes again: no new compilation.
     sample(state, model.embed_tokens(jnp.asarray(ids)), jnp.asarray(mask), jax.random.key(1))
     assert sample._cache_size() == 1
+
+
+def test_both_decode_paths_sample_the_same_tokens(tmp_path):
+    random_qwen2(tmp_path / "hf", seed=6)
+    model, _ = convert_and_load(tmp_path / "hf", tmp_path / "fx")
+    ids, mask, _ = _prompts()
+    config = SamplingConfig(max_new_tokens=12, temperature=1.0, top_k=20, eos_id=EOS, pad_id=0)
+    graphdef, state = nnx.split(model)
+    embeds = model.embed_tokens(jnp.asarray(ids))
+    scan, cpu = (
+        make_sampler(graphdef, config, 4, path)(state, embeds, jnp.asarray(mask), jax.random.key(2))
+        for path in ("scan", "cpu")
+    )
+    np.testing.assert_array_equal(np.asarray(cpu.tokens), np.asarray(scan.tokens))
+    np.testing.assert_allclose(np.asarray(cpu.logps), np.asarray(scan.logps), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="decode_path"):
+        make_sampler(graphdef, config, 4, "gpu")(state, embeds, jnp.asarray(mask), jax.random.key(2))
 
 
 def test_sampling_is_deterministic_per_key_and_stops_at_eos(tmp_path):
@@ -122,16 +141,41 @@ def test_left_align_and_completion_mask():
 
 
 def test_top_k_threshold_equals_lax_top_k():
-    from jax_tinyr1.grpo.sampling import _order_keys, kth_largest_key
+    from jax_tinyr1.grpo.sampling import BLOCK, top_k_threshold
 
     rng = np.random.RandomState(0)
-    x = rng.randn(6, 1000).astype(np.float32) * 5
+    v = 40 * BLOCK + 17  # 41 blocks, the last one padded
+    x = (rng.randn(7, v) * 5).astype(np.float32)
     x[0, :10] = 3.0  # ties at the threshold
     x[1] = -np.abs(x[1])  # all negative
     x[2, 0] = np.inf
-    for k in (1, 5, 50, 999):
-        keys = _order_keys(jnp.asarray(x))
-        threshold = np.asarray(kth_largest_key(keys, k))
+    # Block maxima tied at 20 in the first 30 blocks, 40 larger values in one later block:
+    # the tied blocks must not crowd it out.
+    x[3] = rng.uniform(-1, 0, v)
+    x[3, : 30 * BLOCK : BLOCK] = 20.0
+    x[3, 38 * BLOCK : 38 * BLOCK + 40] = 30.0
+    x[4] = 0.0  # one value everywhere
+    x[5, ::2] = -0.0
+    x[6, -3:] = 100.0  # the largest values in the padded block
+    for k in (1, 5, 6, 29, 35, 40, 41, 50, 999):
+        threshold = np.asarray(top_k_threshold(jnp.asarray(x), k))
         expected = np.asarray(jax.lax.top_k(jnp.asarray(x), k)[0][:, -1:])
-        kept = np.asarray(keys >= threshold)
-        np.testing.assert_array_equal(kept, x >= expected)
+        np.testing.assert_array_equal(threshold, expected, err_msg=f"k={k}")
+
+
+def test_sampling_never_draws_a_filtered_token_and_matches_block_weights():
+    from jax_tinyr1.grpo.sampling import BLOCK, sample_from_weights
+
+    v = 3 * BLOCK + 5
+    weights = np.zeros((1, v), np.float32)
+    chosen = {0: 1.0, BLOCK - 1: 2.0, BLOCK + 7: 0.5, 3 * BLOCK + 4: 4.0, 2 * BLOCK: 1e-30}
+    for index, w in chosen.items():
+        weights[0, index] = w
+    n = 40_000
+    keys = jax.random.split(jax.random.key(3), n)
+    tokens = np.asarray(jax.vmap(lambda k: sample_from_weights(k, jnp.asarray(weights)))(keys))[:, 0]
+    assert set(np.unique(tokens)) <= set(chosen)
+    p = weights[0] / weights.sum()
+    observed = np.bincount(tokens, minlength=v) / n
+    tolerance = 5 * np.sqrt(p * (1 - p) / n) + 1e-9
+    assert np.all(np.abs(observed - p) <= tolerance)

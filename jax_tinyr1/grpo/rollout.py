@@ -7,6 +7,8 @@ mathematically. Each prompt is prefilled once and its cache copied to its G rows
 one `lax.while_loop` decodes one token per step for all B x G rows over the preallocated
 cache, stopping early once every row has produced EOS. Shapes are static, the parameters
 are arguments and the cache lives inside the loop, so one compilation serves every step.
+On CPU the loop runs `qwen2_decode.decode_step` (per-layer transposed weights, copied once
+per rollout); elsewhere the model's scanned layers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from flax import nnx
 
 from jax_tinyr1.grpo.sampling import SamplingConfig, sample_tokens
 from jax_tinyr1.model.qwen2 import KVCache, Qwen2ForCausalLM
+from jax_tinyr1.model.qwen2_decode import decode_step, decode_weights
+
+DECODE_PATHS = ("auto", "scan", "cpu")
 
 
 class Rollout(NamedTuple):
@@ -43,9 +48,21 @@ def left_align(x_bt, mask_bt):
 
 
 def generate(
-    llm: Qwen2ForCausalLM, prompt_embeds_btd, prompt_mask_bt, key, config: SamplingConfig, group_size: int = 1
+    llm: Qwen2ForCausalLM,
+    prompt_embeds_btd,
+    prompt_mask_bt,
+    key,
+    config: SamplingConfig,
+    group_size: int = 1,
+    decode_path: str = "auto",
 ) -> Rollout:
-    """Sample `group_size` completions per prompt. Call under jit (see `make_sampler`)."""
+    """Sample `group_size` completions per prompt. Call under jit (see `make_sampler`).
+    `decode_path`: "scan" (the model's scanned layers), "cpu" (`qwen2_decode`), or "auto"
+    (the latter on the CPU backend); both compute the same thing."""
+    if decode_path not in DECODE_PATHS:
+        raise ValueError(f"decode_path must be one of {DECODE_PATHS}, got {decode_path!r}")
+    if decode_path == "auto":
+        decode_path = "cpu" if jax.default_backend() == "cpu" else "scan"
     b, t, _ = prompt_embeds_btd.shape
     n = config.max_new_tokens
     rows = b * group_size
@@ -61,12 +78,23 @@ def generate(
         return jnp.repeat(x, group_size, axis=0)
 
     cache = KVCache(
-        jnp.repeat(cache.k_lbskh, group_size, axis=1),
-        jnp.repeat(cache.v_lbskh, group_size, axis=1),
+        jnp.repeat(cache.k_lbksh, group_size, axis=1),
+        jnp.repeat(cache.v_lbksh, group_size, axis=1),
         repeat(cache.valid_bs),
         cache.index,
     )
     logits, lengths = repeat(first_logits), repeat(lengths)
+
+    if decode_path == "cpu":
+        weights = decode_weights(llm)
+
+        def decode(token, positions, cache):
+            return decode_step(llm, weights, token, positions, cache)
+    else:
+
+        def decode(token, positions, cache):
+            h, cache = llm.hidden_states(token[:, None], positions=positions[:, None], cache=cache)
+            return llm.logits_from_hidden(h[:, 0]), cache
 
     tokens0 = jnp.full((rows, n), config.pad_id, jnp.int32)
     logps0 = jnp.zeros((rows, n), jnp.float32)
@@ -85,8 +113,8 @@ def generate(
         tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, step))
         logps = jax.lax.dynamic_update_slice(logps, logp[:, None], (0, step))
         done = done | (token == config.eos_id)
-        h, cache = llm.hidden_states(token[:, None], positions=(lengths + step)[:, None], cache=cache)
-        return step + 1, cache, llm.logits_from_hidden(h[:, 0]), tokens, logps, done, key
+        logits, cache = decode(token, lengths + step, cache)
+        return step + 1, cache, logits, tokens, logps, done, key
 
     carry = (jnp.zeros((), jnp.int32), cache, logits, tokens0, logps0, done0, key)
     _, _, _, tokens, logps, done, _ = jax.lax.while_loop(cond, body, carry)
@@ -101,13 +129,13 @@ def completion_mask_from_tokens(tokens_bn, eos_id: int) -> jax.Array:
     return (eos_before == 0).astype(jnp.int32)
 
 
-def make_sampler(graphdef: nnx.GraphDef, config: SamplingConfig, group_size: int):
+def make_sampler(graphdef: nnx.GraphDef, config: SamplingConfig, group_size: int, decode_path: str = "auto"):
     """A jitted `sample(llm_state, prompt_embeds, prompt_mask, key) -> Rollout`; parameters
     are arguments, so new weights never recompile it."""
 
     @jax.jit
     def sample(llm_state, prompt_embeds_btd, prompt_mask_bt, key):
         llm = nnx.merge(graphdef, llm_state)
-        return generate(llm, prompt_embeds_btd, prompt_mask_bt, key, config, group_size)
+        return generate(llm, prompt_embeds_btd, prompt_mask_bt, key, config, group_size, decode_path)
 
     return sample

@@ -28,11 +28,10 @@ class SamplingConfig:
             raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
 
 
-def policy_log_probs(logits_bv: jax.Array, temperature: float) -> jax.Array:
-    """log pi(token) of the policy being sampled: softmax of the temperature-scaled logits
-    (the training side scales its logits the same way)."""
-    scale = 1.0 if temperature == 0 else temperature
-    return jax.nn.log_softmax(logits_bv.astype(jnp.float32) / scale, axis=-1)
+# Rows are cut into blocks of this many tokens: block maxima bound the top-k threshold and
+# block sums make a two-level CDF, so no per-step work touches a full row more than a few
+# times (Qwen2's 151,936-token vocabulary is 1,187 blocks).
+BLOCK = 128
 
 
 def _order_keys(x: jax.Array) -> jax.Array:
@@ -43,10 +42,17 @@ def _order_keys(x: jax.Array) -> jax.Array:
     return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
 
 
+def _from_order_keys(keys: jax.Array) -> jax.Array:
+    """Inverse of `_order_keys`."""
+    positive = (keys >> 31) == 1
+    bits = jnp.where(positive, keys & jnp.uint32(0x7FFFFFFF), ~keys)
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
 def kth_largest_key(keys_bv: jax.Array, k: int) -> jax.Array:
     """The k-th largest of each row's order keys [B, 1], exactly: a bisection over the 2^32
-    keys, 32 rounds of compare-and-count. On CPU this is far faster than lax.top_k over a
-    151,936-token vocabulary (which sorts every row)."""
+    keys, 32 rounds of compare-and-count. Inside the decode loop XLA's CPU `lax.top_k` sorts
+    every row and is two orders of magnitude slower."""
     lo = jnp.zeros((*keys_bv.shape[:-1], 1), jnp.uint32)  # invariant: count(keys >= lo) >= k
     hi = jnp.full_like(lo, 0xFFFFFFFF)
 
@@ -61,12 +67,45 @@ def kth_largest_key(keys_bv: jax.Array, k: int) -> jax.Array:
     return lo
 
 
+def _blocks(x_bv: jax.Array, fill: float) -> jax.Array:
+    """[B, V] -> [B, ceil(V / BLOCK), BLOCK], padded with `fill`."""
+    pad = -x_bv.shape[-1] % BLOCK
+    if pad:
+        x_bv = jnp.pad(x_bv, ((0, 0), (0, pad)), constant_values=fill)
+    return x_bv.reshape(x_bv.shape[0], -1, BLOCK)
+
+
+def top_k_threshold(x_bv: jax.Array, k: int) -> jax.Array:
+    """The k-th largest value of each row [B, 1], exactly.
+
+    The k blocks with the largest maxima hold k values at least as large as the k-th largest
+    block maximum, and every value above it lies in one of them; so the k-th largest of those
+    k * BLOCK candidates is the k-th largest of the row. Ties among block maxima are harmless
+    as long as the blocks strictly above the k-th maximum come first.
+    """
+    xb = _blocks(x_bv.astype(jnp.float32), -jnp.inf)
+    num_blocks = xb.shape[1]
+    if k >= num_blocks:  # short rows: search the whole row
+        return _from_order_keys(kth_largest_key(_order_keys(x_bv), k))
+    block_max = _order_keys(jnp.max(xb, axis=-1))  # [B, NB]
+    kth_max = kth_largest_key(block_max, k)
+    above, tied = block_max > kth_max, block_max == kth_max
+    rank = jnp.where(
+        above,
+        jnp.cumsum(above, axis=-1),
+        jnp.where(tied, jnp.sum(above, axis=-1, keepdims=True) + jnp.cumsum(tied, axis=-1), 0),
+    )
+    chosen = rank[:, :, None] == jnp.arange(1, k + 1)  # [B, NB, k]: block of rank j+1
+    index = jnp.sum(jnp.where(chosen, jnp.arange(num_blocks)[None, :, None], 0), axis=1)
+    candidates = jnp.take_along_axis(xb, index[:, :, None], axis=1).reshape(x_bv.shape[0], -1)
+    return _from_order_keys(kth_largest_key(_order_keys(candidates), k))
+
+
 def filter_logits(logits_bv: jax.Array, top_k: int, top_p: float) -> jax.Array:
-    """-inf outside the top-k and outside the smallest set whose probability exceeds top_p
-    (the most likely token always survives)."""
+    """-inf outside the top-k (ties with the k-th value kept, as HF does) and outside the
+    smallest set whose probability exceeds top_p (the most likely token always survives)."""
     if top_k and top_k < logits_bv.shape[-1]:
-        keys = _order_keys(logits_bv)
-        logits_bv = jnp.where(keys < kth_largest_key(keys, top_k), -jnp.inf, logits_bv)
+        logits_bv = jnp.where(logits_bv < top_k_threshold(logits_bv, top_k), -jnp.inf, logits_bv)
     if top_p < 1.0:
         sorted_desc = jnp.sort(logits_bv, axis=-1)[..., ::-1]
         probs = jax.nn.softmax(sorted_desc, axis=-1)
@@ -78,16 +117,40 @@ def filter_logits(logits_bv: jax.Array, top_k: int, top_p: float) -> jax.Array:
     return logits_bv
 
 
+def _last_positive(w_bn: jax.Array) -> jax.Array:
+    return w_bn.shape[-1] - 1 - jnp.argmax(w_bn[:, ::-1] > 0, axis=-1)
+
+
+def _inverse_cdf(key: jax.Array, w_bn: jax.Array) -> jax.Array:
+    """An index drawn with probability proportional to the non-negative weights [B, N]; never
+    one of weight zero (rounding past the end falls back to the last positive weight)."""
+    cdf = jnp.cumsum(w_bn, axis=-1)
+    u = jax.random.uniform(key, (w_bn.shape[0], 1)) * cdf[:, -1:]
+    return jnp.minimum(jnp.sum(cdf <= u, axis=-1), _last_positive(w_bn))
+
+
+def sample_from_weights(key: jax.Array, weights_bv: jax.Array) -> jax.Array:
+    """Exact sampling in proportion to `weights_bv` in two stages: a block by its total weight,
+    then a token inside it by its weight (one uniform each), so the cumulative sums are over
+    V / BLOCK blocks and BLOCK tokens instead of a whole row."""
+    blocks = _blocks(weights_bv, 0.0)
+    block_key, token_key = jax.random.split(key)
+    block = _inverse_cdf(block_key, jnp.sum(blocks, axis=-1))
+    inside = jnp.take_along_axis(blocks, block[:, None, None], axis=1)[:, 0]
+    return block * BLOCK + _inverse_cdf(token_key, inside)
+
+
 def sample_tokens(key: jax.Array, logits_bv: jax.Array, config: SamplingConfig) -> tuple[jax.Array, jax.Array]:
     """(tokens [B], their log-probs under the temperature-scaled policy [B])."""
-    logps = policy_log_probs(logits_bv, config.temperature)
+    scaled = logits_bv.astype(jnp.float32) / (1.0 if config.temperature == 0 else config.temperature)
+    top = jnp.max(scaled, axis=-1, keepdims=True)
+    log_normalizer = top + jnp.log(jnp.sum(jnp.exp(scaled - top), axis=-1, keepdims=True))
     if config.temperature == 0:
-        tokens = jnp.argmax(logits_bv, axis=-1)
+        tokens = jnp.argmax(scaled, axis=-1)
     else:
-        filtered = filter_logits(logits_bv.astype(jnp.float32) / config.temperature, config.top_k, config.top_p)
-        # Inverse-CDF sampling: one uniform per row instead of Gumbel noise for every token of
-        # the vocabulary (the noise dominated a CPU decode step).
-        cdf = jnp.cumsum(jax.nn.softmax(filtered, axis=-1), axis=-1)
-        u = jax.random.uniform(key, (logits_bv.shape[0], 1)) * cdf[:, -1:]
-        tokens = jnp.minimum(jnp.sum(cdf <= u, axis=-1), logits_bv.shape[-1] - 1)
-    return tokens.astype(jnp.int32), jnp.take_along_axis(logps, tokens[:, None], axis=-1)[:, 0]
+        # Inverse-CDF sampling: one uniform per stage instead of Gumbel noise for every token
+        # of the vocabulary (the noise dominated a CPU decode step).
+        kept = filter_logits(scaled, config.top_k, config.top_p)
+        tokens = sample_from_weights(key, jnp.exp(kept - top))
+    logps = jnp.take_along_axis(scaled, tokens[:, None], axis=-1)[:, 0] - log_normalizer[:, 0]
+    return tokens.astype(jnp.int32), logps

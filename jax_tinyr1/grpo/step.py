@@ -49,6 +49,8 @@ class OptimizerConfig:
             raise ValueError(f"optimizer.schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"optimizer.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1 and self.eps > 0):
+            raise ValueError(f"optimizer needs 0 <= b1, b2 < 1 and eps > 0, got {self.b1}, {self.b2}, {self.eps}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,11 +17,12 @@ def dense(x: jax.Array, kernel_io: jax.Array, bias_o: jax.Array | None = None) -
     return y if bias_o is None else y + bias_o.astype(x.dtype)
 
 
-def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
-    """HF Qwen2RMSNorm: statistics in float32, scale applied in the input dtype."""
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float, axis: int = -1) -> jax.Array:
+    """HF Qwen2RMSNorm over `axis`: statistics in float32, scale applied in the input dtype."""
     x32 = x.astype(jnp.float32)
-    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return scale.astype(x.dtype) * normed.astype(x.dtype)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=axis, keepdims=True) + eps)
+    scale = scale.astype(x.dtype)
+    return (scale if axis in (-1, x.ndim - 1) else scale[:, None]) * normed.astype(x.dtype)
 
 
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:

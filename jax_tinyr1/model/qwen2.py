@@ -68,22 +68,24 @@ class Qwen2Config:
 
 
 class KVCache(NamedTuple):
-    """Preallocated keys/values of every layer.
+    """Preallocated keys/values of every layer, [layers, batch, kv_heads, slots, head_dim].
 
     All rows write at the same slot `index`; `valid_bs` marks which slots hold real tokens
     (padding written by a right-padded prefill stays invalid), so rows of different prompt
     lengths share one static-shape cache. Positions are explicit per token, not the slot.
+    Heads come before slots so that attention reads each head's keys as one contiguous
+    [slots, head_dim] matrix (no per-step transpose of the cache).
     """
 
-    k_lbskh: jax.Array
-    v_lbskh: jax.Array
+    k_lbksh: jax.Array
+    v_lbksh: jax.Array
     valid_bs: jax.Array  # bool
     index: jax.Array  # int32 scalar: next slot to write
 
     @classmethod
     def init(cls, config: Qwen2Config, batch: int, max_len: int, dtype=None) -> KVCache:
         dtype = DTYPES[config.dtype] if dtype is None else dtype
-        shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+        shape = (config.num_layers, batch, config.num_kv_heads, max_len, config.head_dim)
         return cls(
             jnp.zeros(shape, dtype),
             jnp.zeros(shape, dtype),
@@ -107,8 +109,23 @@ def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax
     return x_btnh * cos + rotated * sin
 
 
+def cached_attention(q_btnh, k_bksh, v_bksh, mask_b1ts, scale: float) -> jax.Array:
+    """Grouped-query attention of T queries over a [B, K, S, H] cache -> [B, T, N, H]; query
+    head n reads kv head n // (N / K), as HF's repeat_kv does. Softmax in float32."""
+    b, t, n, h = q_btnh.shape
+    k = k_bksh.shape[1]
+    q_bkgth = q_btnh.reshape(b, t, k, n // k, h).transpose(0, 2, 3, 1, 4)
+    scores = jnp.einsum("bkgth,bksh->bkgts", q_bkgth, k_bksh, preferred_element_type=jnp.float32) * scale
+    # A large finite negative, not -inf: a padding query sees no key at all and must give
+    # finite (ignored) output, since its keys and values are cached and later multiplied by 0.
+    scores = jnp.where(mask_b1ts[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_bksh.dtype)
+    out = jnp.einsum("bkgts,bksh->bkgth", probs, v_bksh)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
+
+
 def _layer_body(config: Qwen2Config, p: dict[str, jax.Array], x_btd, cos, sin, mask_b1ts, kv):
-    """One decoder layer. `kv` is None (no cache) or (k_bskh, v_bskh, write_index)."""
+    """One decoder layer. `kv` is None (no cache) or (k_bksh, v_bksh, write_index)."""
     x_btd = constrain_batch(x_btd)
     b, t, _ = x_btd.shape
     n, k, h = config.num_heads, config.num_kv_heads, config.head_dim
@@ -122,14 +139,15 @@ def _layer_body(config: Qwen2Config, p: dict[str, jax.Array], x_btd, cos, sin, m
 
     if kv is not None:
         k_cache, v_cache, index = kv
-        k_cache = jax.lax.dynamic_update_slice(k_cache, key.astype(k_cache.dtype), (0, index, 0, 0))
-        v_cache = jax.lax.dynamic_update_slice(v_cache, val.astype(v_cache.dtype), (0, index, 0, 0))
-        key, val = k_cache.astype(dtype), v_cache.astype(dtype)
+        write = (0, 0, index, 0)
+        k_cache = jax.lax.dynamic_update_slice(k_cache, key.transpose(0, 2, 1, 3).astype(k_cache.dtype), write)
+        v_cache = jax.lax.dynamic_update_slice(v_cache, val.transpose(0, 2, 1, 3).astype(v_cache.dtype), write)
+        attn = cached_attention(q, k_cache.astype(dtype), v_cache.astype(dtype), mask_b1ts, h**-0.5)
         new_kv = (k_cache, v_cache)
     else:
+        attn = jax.nn.dot_product_attention(q, key, val, mask=mask_b1ts, scale=h**-0.5)
         new_kv = None
 
-    attn = jax.nn.dot_product_attention(q, key, val, mask=mask_b1ts, scale=h**-0.5)
     x_btd = x_btd + dense(attn.reshape(b, t, n * h), p["o_kernel"])
 
     y = rms_norm(x_btd, p["post_attention_norm"], config.rms_norm_eps)
@@ -224,7 +242,7 @@ class Qwen2ForCausalLM(nnx.Module):
         if c.remat:
             body = jax.checkpoint(body, prevent_cse=False)
         params = {name: var[...] for name, var in self.layers.items()}
-        kv_in = None if cache is None else (cache.k_lbskh, cache.v_lbskh)
+        kv_in = None if cache is None else (cache.k_lbksh, cache.v_lbksh)
         x_btd, kv_out = jax.lax.scan(body, x_btd, (params, kv_in), unroll=c.scan_unroll)
         h_btd = rms_norm(x_btd, self.final_norm[...], c.rms_norm_eps)
         if cache is None:

@@ -66,6 +66,9 @@ class OptimizerSection:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     schedule: str = "cosine"  # cosine (with warmup) | constant
+    b1: float = 0.9  # AdamW
+    b2: float = 0.999
+    eps: float = 1e-8
 
 
 @dataclasses.dataclass(frozen=True)
