@@ -112,14 +112,15 @@ def first_and_last_fifth(metrics: list[dict], key: str) -> tuple[float, float]:
 def run(out: Path, *, quick: bool = False, sizes: Sizes | None = None, overrides: tuple[str, ...] = ()) -> dict:
     n = sizes or SIZES["quick" if quick else "full"]
     started = time.perf_counter()
-    seconds = {}
+    seconds, lap_start = {}, [started]
 
-    def stage(name: str, t0: float) -> None:
-        seconds[name] = round(time.perf_counter() - t0, 1)
+    def lap(name: str) -> None:
+        """Record the seconds since the previous lap (the stages run back to back)."""
+        now = time.perf_counter()
+        seconds[name], lap_start[0] = round(now - lap_start[0], 1), now
 
     out.mkdir(parents=True, exist_ok=True)
     print("1/6 synthetic data (real H.264 clips)", flush=True)
-    t0 = time.perf_counter()
     synthetic = dict(kinds=KINDS, shuffle_options=False)
     generate(out / "base_data", 0, seed=1, cold_start=n.base, with_reasoning=False, captions=True, **synthetic)
     generate(out / "data", n.grpo, seed=2, cold_start=n.cold, **synthetic)
@@ -129,19 +130,16 @@ def run(out: Path, *, quick: bool = False, sizes: Sizes | None = None, overrides
     corpus += [r.question for r in read_grpo_jsonl(out / "data" / "train.jsonl")]
     corpus += [r.question for r in read_cold_start_json(out / "base_data" / "cold_start.json")]
     tokenizer = build_tokenizer(corpus * 3, out / "tokenizer", vocab_size=500)
-    stage("data", t0)
+    lap("data")
     print("3/6 SFT model: SFT on option answers", flush=True)
-    t0 = time.perf_counter()
     tok = out / "tokenizer"
     init = initial_model(out / "init")
     base = train(sft_config(out / "base", out / "base_data", init, n.base_epochs, n.base_lr, tok, n.batch), sft=True)
-    stage("sft", t0)
+    lap("sft")
     print("4/6 ColdStart: SFT on reasoning samples", flush=True)
-    t0 = time.perf_counter()
     cold = train(sft_config(out / "coldstart", out / "data", base, n.cold_epochs, n.cold_lr, tok), sft=True)
-    stage("coldstart", t0)
+    lap("coldstart")
     print("5/6 R1: GRPO", flush=True)
-    t0 = time.perf_counter()
     grpo_config = load_config(
         CONFIG,
         [
@@ -154,16 +152,15 @@ def run(out: Path, *, quick: bool = False, sizes: Sizes | None = None, overrides
         ],
     )
     r1 = train(grpo_config, sft=False)
-    stage("grpo", t0)
+    lap("grpo")
     print("6/6 evaluation on held-out clips", flush=True)
-    t0 = time.perf_counter()
     max_new = grpo_config.grpo.max_new_tokens
     results = {
         "sft": evaluate_stage(base, tokenizer, out / "eval", 8, reasoning_prompt=False),
         "coldstart": evaluate_stage(cold, tokenizer, out / "eval", max_new, reasoning_prompt=True),
         "r1": evaluate_stage(r1, tokenizer, out / "eval", max_new, reasoning_prompt=True),
     }
-    stage("eval", t0)
+    lap("eval")
     metrics = read_metrics(out / "grpo")
     reward_first, reward_last = first_and_last_fifth(metrics, "reward")
     length_first, length_last = first_and_last_fifth(metrics, "completions/mean_length")

@@ -80,6 +80,12 @@ def _options(correct: str, pool, answer_index: int, rng) -> list[str]:
     return options
 
 
+def _other_colour(colour: str, rng: np.random.Generator) -> str:
+    """A colour drawn uniformly from the others (the colour before a change)."""
+    others = [n for n in COLOURS if n != colour]
+    return others[rng.integers(len(others))]
+
+
 def make_clip(
     kind: str,
     answer_index: int,
@@ -148,8 +154,7 @@ def make_clip(
         else:
             options = colour_names[:4]
             after = options[answer_index]
-            others = [n for n in colour_names if n != after]
-            before = others[rng.integers(len(others))]
+            before = _other_colour(after, rng)
         for t in range(frames):
             _square(video[t], size // 2, usable // 2, 8, COLOURS[before if t < frames // 2 else after])
         question = "What colour does the square turn into?"
@@ -161,7 +166,7 @@ def make_clip(
         else:
             options = colour_names[:4]
             after = options[answer_index]
-        before = [n for n in colour_names if n != after][rng.integers(len(colour_names) - 1)]
+        before = _other_colour(after, rng)
         for t in range(frames):
             video[t, :usable] = COLOURS[before if t < frames // 2 else after]
         question = "What colour does the screen turn into?"

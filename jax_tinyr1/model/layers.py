@@ -21,8 +21,9 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float, axis: int = -1) -> jax.
     """HF Qwen2RMSNorm over `axis`: statistics in float32, scale applied in the input dtype."""
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=axis, keepdims=True) + eps)
-    scale = scale.astype(x.dtype)
-    return (scale if axis in (-1, x.ndim - 1) else scale[:, None]) * normed.astype(x.dtype)
+    shape = [1] * x.ndim
+    shape[axis] = -1  # the scale runs along the normalized axis
+    return scale.astype(x.dtype).reshape(shape) * normed.astype(x.dtype)
 
 
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
