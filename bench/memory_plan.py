@@ -1,221 +1,116 @@
-"""Memory plan of the paper's GRPO setting, compiled ahead of time with abstract shapes.
+"""Memory plans of the shipped recipes for the real 3B model, and the effect of each lever.
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python bench/memory_plan.py
+    python bench/memory_plan.py [--only NAME] [--tiny]
 
-Nothing is allocated: parameters, optimizer state and batch are ShapeDtypeStructs with
-shardings, and XLA's memory analysis of the compiled programs gives the per-device bytes.
-The setting (paper / original code): 8 devices, mesh fsdp=8, 1 prompt per device, G = 8,
-16 frames at 384 px, 512 new tokens, prompts of about 600 tokens (512 of them visual),
-bf16 compute with float32 master weights and AdamW state, gradient checkpointing, the
-frozen reference policy for the KL term, and the frozen vision tower.
-Last line: per_device_peak_gib=<number> (the largest of the compiled programs).
+A thin caller of the entry points' `--plan` (jax_tinyr1/train/plan.py): it writes a
+config.json-only checkpoint of the 3B TinyLLaVA-Video (no weights), then plans each recipe
+in its own process (each sets its own virtual device count) and prints one row per plan:
+the per-device peak of every program, step GFLOPs per device and the compile seconds.
+Last line: per_device_peak_gib=<paper recipe>.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
+import subprocess
 import sys
-import time
+import tempfile
+from pathlib import Path
 
-if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+ROOT = Path(__file__).resolve().parents[1]
 
-import jax
-import jax.numpy as jnp
-from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
-
-from jax_tinyr1.grpo import OBJECTIVE_PRESETS
-from jax_tinyr1.grpo.rollout import generate
-from jax_tinyr1.grpo.sampling import SamplingConfig
-from jax_tinyr1.grpo.step import (
-    Batch,
-    GRPOConfig,
-    OptimizerConfig,
-    batch_sharding,
-    make_logps,
-    make_optimizer,
-    make_update,
-    opt_state_shardings,
-    param_shardings,
-)
-from jax_tinyr1.model import abstract_model, get_preset
-from jax_tinyr1.model.sharding import make_mesh
-
-GIB = 1024**3
-
-
-def abstract_with(tree, shardings):
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
-def peak_bytes(compiled) -> int:
-    m = compiled.memory_analysis()
-    return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+# name -> (entry point, config, overrides)
+PLANS = {
+    "paper": ("grpo", "paper_8xa100.yaml", []),
+    "paper, float32 compute, no remat": ("grpo", "paper_8xa100.yaml", ["model.dtype=float32", "model.remat=false"]),
+    "single_80gb, no levers": (
+        "grpo",
+        "single_80gb.yaml",
+        ["grpo.micro_batches=1", "grpo.reference_dtype=float32"],
+    ),
+    "single_80gb, + micro-batches 8": ("grpo", "single_80gb.yaml", ["grpo.reference_dtype=float32"]),
+    "single_80gb (+ bf16 reference)": ("grpo", "single_80gb.yaml", []),
+    "single_80gb, + bf16 AdamW moments": ("grpo", "single_80gb.yaml", ["optimizer.state_dtype=bfloat16"]),
+    "four_24gb, no levers": (
+        "grpo",
+        "four_24gb.yaml",
+        [
+            "grpo.micro_batches=1",
+            "grpo.logprob_chunk=128",
+            "grpo.reference_dtype=float32",
+            "optimizer.state_dtype=float32",
+        ],
+    ),
+    "four_24gb, + bf16 moments and reference": (
+        "grpo",
+        "four_24gb.yaml",
+        ["grpo.micro_batches=1", "grpo.logprob_chunk=128"],
+    ),
+    "four_24gb, + micro-batches 2": ("grpo", "four_24gb.yaml", ["grpo.logprob_chunk=128"]),
+    "four_24gb (+ log-prob chunk 64)": ("grpo", "four_24gb.yaml", []),
+    "coldstart_paper (SFT, 4 devices)": ("sft", "coldstart_paper.yaml", []),
+}
+TINY = ["model.preset=tinyllava-video-tiny", "data.prompt_tokens=48", "sampling.max_new_tokens=8"]
 
 
-def plan(
-    preset: str,
-    fsdp: int,
-    prompts_per_device: int,
-    group: int,
-    frames: int,
-    new_tokens: int,
-    prompt_tokens: int,
-    remat: bool,
-) -> dict[str, float]:
-    base = get_preset(preset)
-    config = dataclasses.replace(
-        base,
-        llm=dataclasses.replace(base.llm, dtype="bfloat16", remat=remat),
-        vision=dataclasses.replace(base.vision, dtype="bfloat16"),
-        connector=dataclasses.replace(base.connector, dtype="bfloat16"),
-        num_frames=frames,
+def plan(stage: str, config: str, overrides: list[str], checkpoint: Path | None) -> dict:
+    source = [f"model.checkpoint={checkpoint}"] if checkpoint else ["model.checkpoint=null", *TINY]
+    if stage == "sft" and not checkpoint:
+        source = [s for s in source if not s.startswith("sampling.")] + ["data.response_tokens=32"]
+    out = subprocess.run(
+        [sys.executable, "-m", f"jax_tinyr1.train.{stage}", "--config", str(ROOT / "configs" / config), "--plan"]
+        + source
+        + overrides,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
-    grpo = GRPOConfig(
-        objective=OBJECTIVE_PRESETS["paper"],
-        sampling=SamplingConfig(max_new_tokens=new_tokens),
-        optimizer=OptimizerConfig(),
-        group_size=group,
-    )
-    mesh = make_mesh(fsdp=fsdp)
-    model = abstract_model("tinyllava", config)
-    state = nnx.state(model)
-    graphdef = nnx.graphdef(model)
-    pure = nnx.to_pure_dict(state)
-    trainable_parts, frozen_parts = grpo.trainable, tuple(k for k in pure if k not in grpo.trainable)
-    tr_shard = param_shardings(state, mesh, trainable_parts)
-    fr_shard = param_shardings(state, mesh, frozen_parts)
-    trainable = abstract_with({k: pure[k] for k in trainable_parts}, tr_shard)
-    frozen = abstract_with({k: pure[k] for k in frozen_parts}, fr_shard)
-    optimizer = make_optimizer(grpo.optimizer)
-    opt_abstract = jax.eval_shape(optimizer.init, trainable)
-    opt_shard = opt_state_shardings(optimizer, opt_abstract, tr_shard, mesh)
-    opt_state = abstract_with(opt_abstract, opt_shard)
-
-    b = prompts_per_device * fsdp
-    rows = b * group
-    text = prompt_tokens - config.num_visual_tokens + 1  # the placeholder stands for the visual block
-    feature_len = frames * config.vision.tokens_per_frame
-
-    def spec(shape, dtype):
-        return jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, shape))
-
-    batch = Batch(
-        prompt_ids=spec((rows, text), jnp.int32),
-        prompt_mask=spec((rows, text), jnp.int32),
-        features=spec((b, feature_len, config.vision.hidden_size), jnp.bfloat16),
-        tokens=spec((rows, new_tokens), jnp.int32),
-        completion_mask=spec((rows, new_tokens), jnp.int32),
-        advantages=spec((rows,), jnp.float32),
-        old_logps=None,
-        ref_logps=spec((rows, new_tokens), jnp.float32),
-    )
-    replicated = NamedSharding(mesh, P())
-    results: dict[str, float] = {}
-
-    update = make_update(graphdef, grpo, optimizer)
-    batch_shard = Batch(*(None if x is None else x.sharding for x in batch))
-    start = time.perf_counter()
-    compiled = (
-        jax.jit(
-            update,
-            in_shardings=(tr_shard, fr_shard, opt_shard, batch_shard),
-            out_shardings=(tr_shard, opt_shard, replicated),
-            donate_argnums=(0, 2),
-        )
-        .lower(trainable, frozen, opt_state, batch)
-        .compile()
-    )
-    results["update_compile_s"] = time.perf_counter() - start
-    results["update_peak_gib"] = peak_bytes(compiled) / GIB
-    m = compiled.memory_analysis()
-    results["update_arguments_gib"] = m.argument_size_in_bytes / GIB
-    results["update_temp_gib"] = m.temp_size_in_bytes / GIB
-
-    reference = make_logps(graphdef, grpo)  # the frozen reference policy's log-probs
-    start = time.perf_counter()
-    compiled = (
-        jax.jit(reference, in_shardings=(tr_shard, fr_shard, batch_shard)).lower(trainable, frozen, batch).compile()
-    )
-    results["reference_compile_s"] = time.perf_counter() - start
-    # The reference copy of the trainable weights lives beside the policy during the step.
-    results["reference_peak_gib"] = (
-        peak_bytes(compiled) / GIB + sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(trainable)) / fsdp / GIB
-    )
-
-    def rollout(trainable, frozen, prompt_ids, prompt_mask, pixels, key):
-        model = nnx.merge(graphdef, {**frozen, **trainable})
-        visual = model.encode_video(pixels)
-        embeds, mask = model.embed_inputs(prompt_ids, prompt_mask, visual)
-        # The accelerator decode path (this plan is for GPUs; "cpu" copies weights per rollout).
-        return generate(model.llm, embeds, mask, key, grpo.sampling, group, decode_path="scan")
-
-    image = config.vision.image_size
-    pixels = spec((b, frames, image, image, 3), jnp.bfloat16)
-    start = time.perf_counter()
-    compiled = (
-        jax.jit(rollout)
-        .lower(
-            trainable,
-            frozen,
-            spec((b, text), jnp.int32),
-            spec((b, text), jnp.int32),
-            pixels,
-            jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated),
-        )
-        .compile()
-    )
-    results["rollout_compile_s"] = time.perf_counter() - start
-    results["rollout_peak_gib"] = peak_bytes(compiled) / GIB
-    kv_bytes = (
-        2
-        * config.llm.num_layers
-        * rows
-        * (prompt_tokens + new_tokens)
-        * config.llm.num_kv_heads
-        * (config.llm.head_dim)
-        * 2
-    )
-    results["kv_cache_total_gib"] = kv_bytes / GIB
-    results["kv_cache_per_device_gib"] = kv_bytes / fsdp / GIB
-    results["per_device_peak_gib"] = max(
-        results["update_peak_gib"], results["reference_peak_gib"], results["rollout_peak_gib"]
-    )
-    return results
+    if out.returncode != 0:
+        raise RuntimeError(f"{config} {overrides}: exit {out.returncode}\n{out.stderr[-3000:]}")
+    lines = out.stdout.strip().splitlines()
+    programs = {}
+    for line in lines[2:-2]:
+        name, numbers = line[:46].strip(), line[46:].split()
+        programs[name] = {"peak": float(numbers[5]), "compile_s": float(numbers[7])}
+    return {
+        "header": lines[0],
+        "programs": programs,
+        "step_gflops": float(lines[-2].split("=")[1].split()[0]),
+        "peak": float(lines[-1].split("=")[1]),
+    }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tinyllava-video-3b")
-    parser.add_argument("--fsdp", type=int, default=8)
-    parser.add_argument("--prompts-per-device", type=int, default=1)
-    parser.add_argument("--group", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--new-tokens", type=int, default=512)
-    parser.add_argument("--prompt-tokens", type=int, default=600)
-    parser.add_argument("--no-remat", action="store_true")
+    parser.add_argument("--only", default=None, help="plan only the recipes whose name contains this")
+    parser.add_argument("--tiny", action="store_true", help="the tiny preset (a quick check of this script)")
     args = parser.parse_args(argv)
-    with jax.set_mesh(make_mesh(fsdp=args.fsdp)):
-        results = plan(
-            args.preset,
-            args.fsdp,
-            args.prompts_per_device,
-            args.group,
-            args.frames,
-            args.new_tokens,
-            args.prompt_tokens,
-            remat=not args.no_remat,
+    names = [n for n in PLANS if args.only is None or args.only in n]
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if not args.tiny:
+            from jax_tinyr1.model import get_preset
+            from jax_tinyr1.model.config_io import save_model_config
+
+            checkpoint = Path(tmp)
+            save_model_config(checkpoint, "tinyllava", get_preset("tinyllava-video-3b"))
+        results = {name: plan(*PLANS[name], checkpoint) for name in names}
+    print("| plan | encode | rollout | reference | update | peak GiB/device | step GFLOP/device | compile s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        p = r["programs"]
+
+        def peak(prefix, programs=p):
+            hits = [v["peak"] for k, v in programs.items() if k.startswith(prefix)]
+            return f"{hits[0]:.2f}" if hits else "-"
+
+        compile_s = sum(v["compile_s"] for v in p.values())
+        print(
+            f"| {name} | {peak('vision')} | {peak('rollout')} | {peak('reference')} | {peak('update')} "
+            f"| **{r['peak']:.2f}** | {r['step_gflops']:.0f} | {compile_s:.0f} |"
         )
-    print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; preset {args.preset}; mesh fsdp={args.fsdp}")
-    print(f"{'figure':<28}{'value':>12}")
-    for key, value in results.items():
-        if key != "per_device_peak_gib":
-            print(f"{key:<28}{value:>12.3f}")
-    print(f"per_device_peak_gib={results['per_device_peak_gib']:.3f}")
+    first = results[names[0]]["peak"]
+    print(f"per_device_peak_gib={first:.3f}")
     return 0
 
 

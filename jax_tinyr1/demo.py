@@ -78,10 +78,11 @@ def sft_config(out: Path, data: Path, checkpoint: Path, epochs: int, lr: float, 
         f"run.tokenizer={tokenizer}",
         f"optimizer.learning_rate={lr}",
         "optimizer.schedule=constant",
+        "optimizer.warmup_ratio=0",
         "run.save_every=1000",
         f"model.checkpoint={checkpoint}",
     ]
-    return load_config(None, overrides)
+    return load_config(None, overrides, stage="sft")
 
 
 def evaluate_stage(final: Path, tokenizer, eval_dir: Path, max_new_tokens: int, *, reasoning_prompt: bool) -> dict:
@@ -154,7 +155,7 @@ def run(out: Path, *, quick: bool = False, sizes: Sizes | None = None, overrides
     r1 = train(grpo_config, sft=False)
     lap("grpo")
     print("6/6 evaluation on held-out clips", flush=True)
-    max_new = grpo_config.grpo.max_new_tokens
+    max_new = grpo_config.sampling.max_new_tokens
     results = {
         "sft": evaluate_stage(base, tokenizer, out / "eval", 8, reasoning_prompt=False),
         "coldstart": evaluate_stage(cold, tokenizer, out / "eval", max_new, reasoning_prompt=True),

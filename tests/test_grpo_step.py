@@ -120,3 +120,27 @@ def _batch_without_ref(trainer):
     batch = _batch(trainer)._replace(ref_logps=None)
     trainer.reference = None
     return batch
+
+
+def test_memory_levers_micro_batched_logps_bf16_reference_and_moments():
+    """The plan's levers change where memory goes, not what is computed (beyond rounding)."""
+    one = GRPOTrainer(_model(), PAPER_LR)
+    levers = dataclasses.replace(
+        PAPER_LR,
+        micro_batches=2,
+        reference_dtype="bfloat16",
+        optimizer=dataclasses.replace(PAPER_LR.optimizer, state_dtype="bfloat16"),
+    )
+    low = GRPOTrainer(_model(), levers)
+    batch = _batch(one)
+    np.testing.assert_allclose(
+        np.asarray(low.logps(low.trainable, batch)), np.asarray(one.logps(one.trainable, batch)), rtol=1e-5, atol=1e-5
+    )
+    assert {x.dtype for x in jax.tree.leaves(low.reference)} == {jnp.dtype(jnp.bfloat16)}
+    adam = low.opt_state[1][0]
+    assert {x.dtype for x in jax.tree.leaves((adam.mu, adam.nu))} == {jnp.dtype(jnp.bfloat16)}
+    before = _flat(low.trainable)
+    metrics = low.update(batch)
+    after = _flat(low.trainable)
+    assert np.isfinite(float(metrics["loss"])) and any(not np.array_equal(before[k], after[k]) for k in after)
+    assert {x.dtype for x in jax.tree.leaves(low.trainable)} == {jnp.dtype(jnp.float32)}  # master weights

@@ -26,23 +26,46 @@ from jax_tinyr1.data.template import eos_id, grpo_question, prompt_ids
 from jax_tinyr1.data.video import VideoDecodeError, read_frames
 
 
+def _derived(default, source: str):
+    """A field the run fills in from elsewhere (a YAML key for it is refused)."""
+    return dataclasses.field(default=default, metadata={"derived": source})
+
+
 @dataclasses.dataclass(frozen=True)
 class LoaderConfig:
+    """The `data` section of a run config, plus what the run derives from the model."""
+
+    root: str = ""  # the data root: annotation files and videos; no path may leave it
+    train: str = "train.jsonl"  # annotation file, relative to root
     batch_size: int = 1  # prompts per batch (per process)
-    num_frames: int = 16
-    image_size: int = 384
     seed: int = 0
-    num_epochs: int = 1
     num_workers: int = 0
     bad_input: str = "error"  # or "skip"
-    reasoning_prompt: bool = True  # append the paper's <think>/<answer> instruction
+    # The spliced prompt length (text + visual tokens) every batch is padded to; a longer
+    # prompt is bad input. 0: pad to a multiple of `pad_multiple` instead. One width means
+    # one compiled program per stage, and the memory plan needs it.
+    prompt_tokens: int = 0
+    response_tokens: int = 0  # SFT: responses (with their EOS) padded to this; longer is bad input
+    num_frames: int = _derived(16, "model: num_frames")
+    image_size: int = _derived(384, "model: vision.image_size")
+    visual_tokens: int = _derived(0, "model: connector.num_queries")
+    num_epochs: int = _derived(1, "run.epochs")
+    reasoning_prompt: bool = _derived(True, "the stage (GRPO: yes, SFT: no)")
     pad_multiple: int = 32  # pad token lengths up to a multiple: a few shapes, a few compilations
 
     def __post_init__(self):
         if self.batch_size <= 0 or self.num_frames <= 0 or self.image_size <= 0 or self.num_epochs <= 0:
-            raise ValueError("loader batch_size, num_frames, image_size and num_epochs must be positive")
+            raise ValueError("data.batch_size (and the frame count, image size, epochs) must be positive")
         if self.num_workers < 0:
-            raise ValueError(f"loader num_workers must be >= 0, got {self.num_workers}")
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.prompt_tokens < 0 or self.response_tokens < 0 or self.pad_multiple < 1:
+            raise ValueError("data.prompt_tokens and data.response_tokens must be >= 0, data.pad_multiple >= 1")
+
+    @property
+    def text_width(self) -> int | None:
+        """Prompt ids per row when `prompt_tokens` is set (the placeholder stands for the
+        visual block)."""
+        return self.prompt_tokens - self.visual_tokens + 1 if self.prompt_tokens else None
 
 
 class MakeSample:
@@ -60,21 +83,41 @@ class MakeSample:
             kind = "path" if isinstance(e, DataError) else "video"
             return {"error": f"{record.source}: {e}", "kind": kind}
         question = grpo_question(record.question) if c.reasoning_prompt else record.question
+        ids = np.asarray(prompt_ids(self.tokenizer, question), np.int32)
+        if c.text_width is not None and len(ids) > c.text_width:
+            spliced = len(ids) - 1 + c.visual_tokens
+            return {
+                "error": f"{record.source}: prompt of {spliced} tokens exceeds data.prompt_tokens={c.prompt_tokens}",
+                "kind": "annotation",
+            }
         sample = {
             "pixels": preprocess_frames(frames, c.image_size),
-            "prompt_ids": np.asarray(prompt_ids(self.tokenizer, question), np.int32),
+            "prompt_ids": ids,
             "answer": record.answer,
             "id": record.id,
         }
         if record.response is not None:  # SFT: " {response}<|endoftext|>" is supervised
             response = self.tokenizer(" " + record.response, add_special_tokens=False)["input_ids"]
+            if c.response_tokens and len(response) + 1 > c.response_tokens:
+                return {
+                    "error": f"{record.source}: response of {len(response) + 1} tokens exceeds "
+                    f"data.response_tokens={c.response_tokens}",
+                    "kind": "annotation",
+                }
             sample["response_ids"] = np.asarray([*response, eos_id(self.tokenizer)], np.int32)
         return sample
 
 
-def collate(samples: list[dict[str, Any]], pad_id: int, multiple: int = 1) -> dict[str, Any]:
-    """Right-pad prompt (and response) ids to a multiple of `multiple`; stack pixels."""
-    ids, mask = _pad([s["prompt_ids"] for s in samples], pad_id, multiple)
+def collate(
+    samples: list[dict[str, Any]],
+    pad_id: int,
+    multiple: int = 1,
+    prompt_width: int | None = None,
+    response_width: int | None = None,
+) -> dict[str, Any]:
+    """Right-pad prompt and response ids to the given widths (else to a multiple of
+    `multiple`); stack pixels."""
+    ids, mask = _pad([s["prompt_ids"] for s in samples], pad_id, multiple, prompt_width)
     batch = {
         "prompt_ids": ids,
         "prompt_mask": mask,
@@ -83,12 +126,14 @@ def collate(samples: list[dict[str, Any]], pad_id: int, multiple: int = 1) -> di
         "ids": [s["id"] for s in samples],
     }
     if all("response_ids" in s for s in samples):
-        batch["response_ids"], batch["response_mask"] = _pad([s["response_ids"] for s in samples], pad_id, multiple)
+        batch["response_ids"], batch["response_mask"] = _pad(
+            [s["response_ids"] for s in samples], pad_id, multiple, response_width
+        )
     return batch
 
 
-def _pad(rows: list[np.ndarray], pad_id: int, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    width = -(-max(len(r) for r in rows) // multiple) * multiple
+def _pad(rows: list[np.ndarray], pad_id: int, multiple: int = 1, width: int | None = None):
+    width = width or -(-max(len(r) for r in rows) // multiple) * multiple
     ids = np.full((len(rows), width), pad_id, np.int32)
     mask = np.zeros((len(rows), width), np.int32)
     for i, r in enumerate(rows):
@@ -156,7 +201,8 @@ class VideoQALoader:
                 self.policy.bad(sample["kind"], sample["error"])
                 continue
             samples.append(sample)
-        return collate(samples, self.pad_id, self.config.pad_multiple)
+        c = self.config
+        return collate(samples, self.pad_id, c.pad_multiple, c.text_width, c.response_tokens or None)
 
     def close(self) -> None:
         """Stop worker processes (also done when the loader is garbage collected)."""

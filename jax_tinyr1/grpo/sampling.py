@@ -14,8 +14,9 @@ class SamplingConfig:
     temperature: float = 1.0  # 0 = greedy
     top_k: int = 50  # 0 = off
     top_p: float = 1.0  # 1 = off
-    eos_id: int = 151643
-    pad_id: int = 151643
+    # From the tokenizer in a run (a YAML key for them is refused).
+    eos_id: int = dataclasses.field(default=151643, metadata={"derived": "the tokenizer"})
+    pad_id: int = dataclasses.field(default=151643, metadata={"derived": "the tokenizer"})
 
     def __post_init__(self):
         if self.max_new_tokens <= 0:

@@ -30,17 +30,25 @@ from jax_tinyr1.model.tinyllava import TinyLlavaVideo
 TRAINABLE_DEFAULT = ("connector", "llm")
 
 
+# Fields the run fills in itself (from the step count, the tokenizer, ...): a YAML key for
+# one of them is refused, since it would be overwritten.
+DERIVED = "derived"
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     learning_rate: float = 1e-6
     warmup_ratio: float = 0.03
-    total_steps: int = 687
+    total_steps: int = dataclasses.field(default=687, metadata={DERIVED: "the run's step count"})
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    schedule: str = "cosine"  # cosine (linear warmup, then cosine to 0) | constant
+    schedule: str = "cosine"  # after the linear warmup: cosine to 0 | constant
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
+    # AdamW moments: float32, or bfloat16 to halve their memory (updates still computed in
+    # float32; the moments keep 8 bits of mantissa between steps).
+    state_dtype: str = "float32"
 
     def __post_init__(self):
         if self.learning_rate <= 0 or self.total_steps <= 0:
@@ -51,38 +59,78 @@ class OptimizerConfig:
             raise ValueError(f"optimizer.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1 and self.eps > 0):
             raise ValueError(f"optimizer needs 0 <= b1, b2 < 1 and eps > 0, got {self.b1}, {self.b2}, {self.eps}")
+        if self.state_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"optimizer.state_dtype must be 'float32' or 'bfloat16', got {self.state_dtype!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
-    objective: ObjectiveConfig = ObjectiveConfig()
-    sampling: SamplingConfig = SamplingConfig()
-    optimizer: OptimizerConfig = OptimizerConfig()
+    objective: ObjectiveConfig = dataclasses.field(
+        default=ObjectiveConfig(), metadata={DERIVED: "the objective section"}
+    )
+    sampling: SamplingConfig = dataclasses.field(default=SamplingConfig(), metadata={DERIVED: "the sampling section"})
+    optimizer: OptimizerConfig = dataclasses.field(
+        default=OptimizerConfig(), metadata={DERIVED: "the optimizer section"}
+    )
     group_size: int = 8  # G
     updates_per_rollout: int = 1  # mu
     micro_batches: int = 1  # gradient accumulation over groups of prompts
-    logprob_chunk: int = 128
-    trainable: tuple[str, ...] = TRAINABLE_DEFAULT
+    logprob_chunk: int = 128  # completion tokens per log-prob chunk (the [rows, chunk, vocab] logits)
+    # The frozen reference policy's weights: float32, or bfloat16 to halve them (the KL is
+    # then taken against the bf16-rounded reference).
+    reference_dtype: str = "float32"
+    trainable: tuple[str, ...] = dataclasses.field(default=TRAINABLE_DEFAULT, metadata={DERIVED: "the stage"})
 
     def __post_init__(self):
         if self.group_size < 1:
-            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
-        if self.updates_per_rollout < 1 or self.micro_batches < 1:
-            raise ValueError("updates_per_rollout and micro_batches must be >= 1")
+            raise ValueError(f"grpo.group_size must be >= 1, got {self.group_size}")
+        if self.updates_per_rollout < 1 or self.micro_batches < 1 or self.logprob_chunk < 1:
+            raise ValueError("grpo.updates_per_rollout, grpo.micro_batches and grpo.logprob_chunk must be >= 1")
+        if self.reference_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"grpo.reference_dtype must be 'float32' or 'bfloat16', got {self.reference_dtype!r}")
 
 
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
-    """AdamW with linear warmup then cosine decay to 0 (HF's cosine schedule), after
-    global-norm clipping."""
-    if config.schedule == "constant":
-        schedule = optax.constant_schedule(config.learning_rate)
-    else:
-        warmup = math.ceil(config.total_steps * config.warmup_ratio)
+    """AdamW after global-norm clipping, with a linear warmup over `warmup_ratio` of the steps
+    from 0, then cosine decay to 0 (HF's cosine schedule) or the constant rate."""
+    warmup = math.ceil(config.total_steps * config.warmup_ratio)
+    if config.schedule == "cosine":
         schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, config.total_steps, 0.0)
+    elif warmup:
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(0.0, config.learning_rate, warmup), optax.constant_schedule(config.learning_rate)],
+            [warmup],
+        )
+    else:
+        schedule = optax.constant_schedule(config.learning_rate)
     return optax.chain(
         optax.clip_by_global_norm(config.max_grad_norm),
-        optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay),
+        optax.chain(  # optax.adamw's own chain (same state layout), with the moments' dtype
+            _adam_moments_in(jnp.dtype(config.state_dtype), config.b1, config.b2, config.eps),
+            optax.add_decayed_weights(config.weight_decay),
+            optax.scale_by_learning_rate(schedule),
+        ),
     )
+
+
+def _adam_moments_in(dtype, b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+    """optax's Adam scaling with both moments stored in `dtype` and computed in float32
+    (optax's own `mu_dtype` covers only the first moment)."""
+    adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps)
+    if dtype == jnp.float32:
+        return adam
+
+    def cast(state, to):
+        return state._replace(mu=optax.tree.cast(state.mu, to), nu=optax.tree.cast(state.nu, to))
+
+    def init(params):
+        return cast(adam.init(params), dtype)
+
+    def update(updates, state, params=None):
+        updates, state = adam.update(updates, cast(state, jnp.float32), params)
+        return updates, cast(state, dtype)
+
+    return optax.GradientTransformation(init, update)
 
 
 class Batch(NamedTuple):
@@ -221,7 +269,14 @@ def make_logps(graphdef, config: GRPOConfig):
     """logps(trainable, frozen, batch) -> [R, N]: old-policy or reference log-probs."""
 
     def logps(trainable, frozen, batch: Batch):
-        return _policy_logps(graphdef, trainable, frozen, batch, config)[0]
+        if config.micro_batches == 1:
+            return _policy_logps(graphdef, trainable, frozen, batch, config)[0]
+        # One micro-batch at a time, as the update: the activations of one group of prompts.
+        out = jax.lax.map(
+            lambda micro: _policy_logps(graphdef, trainable, frozen, micro, config)[0],
+            _micro_batches(batch, config.micro_batches),
+        )
+        return out.reshape(-1, out.shape[-1])
 
     return logps
 

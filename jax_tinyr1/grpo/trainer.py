@@ -36,6 +36,39 @@ from jax_tinyr1.model.sharding import make_mesh
 from jax_tinyr1.rewards import RewardConfig, batch_rewards
 
 
+def encode_program(vision_graphdef):
+    """(trainable, frozen, pixels [B, F, H, W, 3]) -> frozen vision features [B, F * tokens,
+    width], once per prompt and step (no gradient)."""
+
+    def encode(trainable, frozen, pixels_bfhwc):
+        vision = nnx.merge(vision_graphdef, {**frozen, **trainable}["vision"])
+        b, f = pixels_bfhwc.shape[:2]
+        feats = vision(pixels_bfhwc.reshape(b * f, *pixels_bfhwc.shape[2:]))
+        return jax.lax.stop_gradient(feats.reshape(b, f * feats.shape[1], feats.shape[2]))
+
+    return encode
+
+
+def rollout_program(graphdef, config: GRPOConfig, decode_path: str = "auto"):
+    """(trainable, frozen, prompt ids, mask, features, key) -> G sampled completions per prompt."""
+
+    def rollout(trainable, frozen, prompt_ids, prompt_mask, features, key) -> Rollout:
+        model = nnx.merge(graphdef, {**frozen, **trainable})
+        embeds, mask = model.embed_inputs(prompt_ids, prompt_mask, model.connector(features))
+        return generate(model.llm, embeds, mask, key, config.sampling, config.group_size, decode_path=decode_path)
+
+    return rollout
+
+
+def reference_copy(trainable: dict, config: GRPOConfig) -> dict | None:
+    """The frozen reference policy (the trainable weights as they start, in
+    `reference_dtype`), or None when the objective has no KL term."""
+    if config.objective.beta == 0:
+        return None
+    dtype = jnp.dtype(config.reference_dtype)
+    return jax.tree.map(lambda x: x.astype(dtype) if x.dtype != dtype else jnp.copy(x), trainable)
+
+
 class GRPOTrainer:
     """Owns the sharded parameters, the optimizer state and the compiled functions."""
 
@@ -65,32 +98,14 @@ class GRPOTrainer:
             self.optimizer, abstract_opt, self.shardings["trainable"], self.mesh
         )
         self.opt_state = jax.jit(self.optimizer.init, out_shardings=self.shardings["opt_state"])(self.trainable)
-        # The reference policy: the trainable parameters as they start (frozen copy).
-        self.reference = jax.tree.map(jnp.copy, self.trainable) if config.objective.beta != 0 else None
+        self.reference = reference_copy(self.trainable, config)
         self._update = make_update(self.graphdef, config, self.optimizer)
         self._jitted_update = None
         self._reshard_cache = {}
         self._logps = jax.jit(make_logps(self.graphdef, config))
-        self.vision_graphdef = nnx.graphdef(model.vision)
-        self._encode = jax.jit(self._encode_impl)
-        self._rollout = jax.jit(self._rollout_impl)
+        self._encode = jax.jit(encode_program(nnx.graphdef(model.vision)))
+        self._rollout = jax.jit(rollout_program(self.graphdef, config))
         self.step_count = 0
-
-    # -- compiled pieces ------------------------------------------------------------------
-    def _model(self, trainable, frozen):
-        return nnx.merge(self.graphdef, {**frozen, **trainable})
-
-    def _encode_impl(self, trainable, frozen, pixels_bfhwc):
-        """Vision features [B, F * tokens, width], once per prompt and step (no gradient)."""
-        vision = nnx.merge(self.vision_graphdef, {**frozen, **trainable}["vision"])
-        b, f = pixels_bfhwc.shape[:2]
-        feats = vision(pixels_bfhwc.reshape(b * f, *pixels_bfhwc.shape[2:]))
-        return jax.lax.stop_gradient(feats.reshape(b, f * feats.shape[1], feats.shape[2]))
-
-    def _rollout_impl(self, trainable, frozen, prompt_ids, prompt_mask, features, key) -> Rollout:
-        model = self._model(trainable, frozen)
-        embeds, mask = model.embed_inputs(prompt_ids, prompt_mask, model.connector(features))
-        return generate(model.llm, embeds, mask, key, self.config.sampling, self.config.group_size)
 
     def encode(self, pixels_bfhwc) -> jax.Array:
         with jax.set_mesh(self.mesh):  # activations follow the data-parallel axes

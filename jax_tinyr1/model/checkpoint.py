@@ -60,14 +60,16 @@ def save_pretrained(directory: Path, model, model_type: str, **extra) -> None:
         save_model_config(directory, model_type, model.config, **extra)
 
 
-def load_pretrained(checkpoint_dir, *, mesh: Mesh | None = None, **config_overrides):
+def load_pretrained(checkpoint_dir, *, mesh: Mesh | None = None, config=None, **config_overrides):
     """(model, config) from a directory written by `save_pretrained` or the converter.
 
     Parameters are placed per the sharding rules on `mesh` when given, else on the
-    default device. `config_overrides` replace config fields (e.g. dtype="bfloat16");
-    shapes must stay those of the checkpoint.
+    default device. `config` replaces the stored config (a `ModelSpec` passes the run's
+    numerics this way; parameters are cast to its `param_dtype`), `config_overrides`
+    replace top-level fields; shapes must stay those of the checkpoint.
     """
-    model_type, config, _ = load_model_config(checkpoint_dir)
+    model_type, stored, _ = load_model_config(checkpoint_dir)
+    config = stored if config is None else config
     if config_overrides:
         config = dataclasses.replace(config, **config_overrides)
     model = abstract_model(model_type, config)

@@ -1,6 +1,23 @@
 """Training configuration: YAML files in configs/ plus dotted command-line overrides
-(`grpo.beta=0 optimizer.learning_rate=2e-6`). Unknown keys, wrong types and bad values are
-errors that name the key."""
+(`objective.beta=0 optimizer.learning_rate=2e-6`).
+
+Each YAML section loads straight into the dataclass the code uses, and that dataclass
+validates its own values:
+
+    model      ModelSpec        (model/spec.py: preset or checkpoint, dtypes, remat)
+    data       LoaderConfig     (data/loader.py)
+    grpo       GRPOConfig       (grpo/step.py: G, mu, micro-batches, log-prob chunk, reference dtype)
+    objective  ObjectiveConfig  (grpo/loss.py: beta, clip, aggregation, advantages)
+    sampling   SamplingConfig   (grpo/sampling.py)
+    reward     RewardConfig     (rewards/combined.py)
+    optimizer  OptimizerConfig  (grpo/step.py)
+    run        RunSection       (this file: output, checkpoints, seed)
+    mesh       MeshSection      (this file)
+
+Fields the run fills in itself carry `metadata={"derived": source}`; a key for one of them
+is refused, as are unknown keys, wrong types, bad values and, for SFT, the keys of the GRPO
+stage (nothing is accepted and then ignored). Errors name the key.
+"""
 
 from __future__ import annotations
 
@@ -12,63 +29,16 @@ from typing import Any
 
 import yaml
 
+from jax_tinyr1.data.loader import LoaderConfig
+from jax_tinyr1.grpo.loss import ObjectiveConfig
+from jax_tinyr1.grpo.sampling import SamplingConfig
+from jax_tinyr1.grpo.step import GRPOConfig, OptimizerConfig
+from jax_tinyr1.model.spec import ModelSpec
+from jax_tinyr1.rewards import RewardConfig
+
 
 class ConfigError(ValueError):
     """A bad configuration; the message names the key."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSection:
-    preset: str = "tinyllava-video-tiny"
-    checkpoint: str | None = None  # a converted checkpoint (checkpoints_convert output); overrides preset
-    dtype: str = "float32"  # compute dtype; master weights stay float32
-    remat: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class DataSection:
-    root: str = ""
-    train: str = "train.jsonl"  # relative to root
-    batch_size: int = 1  # prompts per step and process
-    num_workers: int = 0
-    bad_input: str = "error"
-    seed: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class GRPOSection:
-    objective: str = "paper"  # preset: paper | no_kl | dr_grpo; the fields below override it
-    beta: float | None = None
-    epsilon_low: float | None = None
-    epsilon_high: float | None = None
-    aggregation: str | None = None
-    advantage_scale: str | None = None
-    noise_std: float | None = None
-    group_size: int = 8
-    updates_per_rollout: int = 1
-    micro_batches: int = 1
-    max_new_tokens: int = 512
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
-
-
-@dataclasses.dataclass(frozen=True)
-class RewardSection:
-    rule: str = "paper"
-    max_len: int = 1200
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerSection:
-    learning_rate: float = 1e-6
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    schedule: str = "cosine"  # cosine (with warmup) | constant
-    b1: float = 0.9  # AdamW
-    b2: float = 0.999
-    eps: float = 1e-8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,9 +49,12 @@ class RunSection:
     max_steps: int = 0  # 0: as many as the epochs give
     save_every: int = 50
     keep_last: int = 3
-    log_every: int = 1
     seed: int = 0
     export_hf: bool = False
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.max_steps < 0 or self.save_every < 1 or self.keep_last < 1:
+            raise ValueError("run.epochs, run.save_every and run.keep_last must be >= 1, run.max_steps >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,16 +63,37 @@ class MeshSection:
     fsdp: int = 1
     tensor: int = 1
 
+    def __post_init__(self):
+        if min(self.data, self.fsdp, self.tensor) < 1:
+            raise ValueError(f"mesh: every axis must be >= 1, got {self}")
+
+    @property
+    def size(self) -> int:
+        return self.data * self.fsdp * self.tensor
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    model: ModelSection = ModelSection()
-    data: DataSection = DataSection()
-    grpo: GRPOSection = GRPOSection()
-    reward: RewardSection = RewardSection()
-    optimizer: OptimizerSection = OptimizerSection()
+    model: ModelSpec = ModelSpec()
+    data: LoaderConfig = LoaderConfig()
+    grpo: GRPOConfig = GRPOConfig()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    reward: RewardConfig = RewardConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
     run: RunSection = RunSection()
     mesh: MeshSection = MeshSection()
+
+
+# What the SFT stage reads; any other key set for an SFT run is an error.
+SFT_KEYS = {
+    "model": None,  # None: every key of the section
+    "data": None,
+    "optimizer": None,
+    "run": None,
+    "mesh": None,
+    "grpo": {"micro_batches", "logprob_chunk"},
+}
 
 
 def _check(value: Any, annotation: Any, key: str) -> Any:
@@ -117,6 +111,11 @@ def _check(value: Any, annotation: Any, key: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"{key}: expected {annotation}, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        key_type, value_type = typing.get_args(annotation)
+        return {_check(k, key_type, key): _check(v, value_type, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
@@ -135,14 +134,25 @@ def _check(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
+def settable_fields(cls) -> dict[str, dataclasses.Field]:
+    """The fields of a section that a config file may set (not the derived ones)."""
+    return {f.name: f for f in dataclasses.fields(cls) if "derived" not in f.metadata}
+
+
 def from_dict(cls, values: dict[str, Any], where: str = ""):
     hints = typing.get_type_hints(cls)
+    prefix = f"{where}." if where else ""
+    derived = {f.name: f.metadata["derived"] for f in dataclasses.fields(cls) if "derived" in f.metadata}
+    for name in sorted(set(values) & set(derived)):
+        raise ConfigError(f"{prefix}{name} is set by the run from {derived[name]}, not by the config")
     unknown = sorted(set(values) - set(hints))
     if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]}; known: {sorted(hints)}")
-    converted = {k: _check(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
-    return cls(**converted)
+        raise ConfigError(f"unknown key(s) {[prefix + k for k in unknown]}; known: {sorted(settable_fields(cls))}")
+    converted = {k: _check(v, hints[k], prefix + k) for k, v in values.items()}
+    try:
+        return cls(**converted)
+    except ValueError as e:
+        raise ConfigError(f"{where or 'config'}: {e}") from None
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -162,16 +172,40 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+def _check_stage(values: dict[str, Any], config: TrainConfig, stage: str) -> None:
+    """Keys that the stage (or the rest of the config) would leave unread are errors."""
+    if config.objective.beta == 0 and "reference_dtype" in values.get("grpo", {}):
+        raise ConfigError("grpo.reference_dtype: objective.beta is 0, so there is no reference model")
+    if stage != "sft":
+        if "response_tokens" in values.get("data", {}):
+            raise ConfigError("data.response_tokens: the length of SFT responses; GRPO samples its completions")
+        return
+    for section, keys in values.items():
+        allowed = SFT_KEYS.get(section, set())
+        if allowed is None or not isinstance(keys, dict):
+            continue
+        ignored = sorted(f"{section}.{k}" for k in keys if k not in allowed)
+        if ignored:
+            raise ConfigError(f"{ignored} configure the GRPO stage; SFT does not read them")
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), *, stage: str = "grpo") -> TrainConfig:
+    """The run config of `stage` ("grpo" or "sft") from a YAML file and overrides."""
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"--config {path}: no such file")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of sections")
-    return from_dict(TrainConfig, apply_overrides(values, list(overrides)))
+    values = apply_overrides(values, list(overrides))
+    config = from_dict(TrainConfig, values)
+    _check_stage(values, config, stage)
+    return config
 
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:

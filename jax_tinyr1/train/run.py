@@ -18,95 +18,79 @@ import numpy as np
 from flax import nnx
 
 from jax_tinyr1.data.formats import read_cold_start_json, read_grpo_jsonl
-from jax_tinyr1.data.loader import LoaderConfig, VideoQALoader
+from jax_tinyr1.data.loader import VideoQALoader
 from jax_tinyr1.data.policy import BadInputPolicy, DataError
 from jax_tinyr1.data.tokenizer import load_tokenizer
 from jax_tinyr1.grpo import multihost
-from jax_tinyr1.grpo.loss import OBJECTIVE_PRESETS, ObjectiveConfig
-from jax_tinyr1.grpo.sampling import SamplingConfig
-from jax_tinyr1.grpo.step import Batch, GRPOConfig, OptimizerConfig
+from jax_tinyr1.grpo.loss import ObjectiveConfig
+from jax_tinyr1.grpo.step import Batch, GRPOConfig
 from jax_tinyr1.grpo.trainer import GRPOTrainer
-from jax_tinyr1.model import build_model, get_preset, load_pretrained, preset_model_type, save_pretrained
+from jax_tinyr1.model import save_pretrained
 from jax_tinyr1.model.sharding import make_mesh
-from jax_tinyr1.rewards import RewardConfig
 from jax_tinyr1.train.checkpointing import TrainCheckpointer
 from jax_tinyr1.train.config import ConfigError, TrainConfig, load_config, to_dict
 from jax_tinyr1.train.logging import MetricsLogger
 
 
 def maybe_initialize_distributed() -> None:
-    """Multi-host: jax.distributed.initialize when the usual variables say so."""
+    """Multi-host through JAX's own cluster detection: the explicit JAX_COORDINATOR_ADDRESS /
+    JAX_NUM_PROCESSES / JAX_PROCESS_ID, else SLURM or Open MPI when their environment says
+    the job has two or more processes."""
     if os.environ.get("JAX_COORDINATOR_ADDRESS") and os.environ.get("JAX_NUM_PROCESSES"):
         jax.distributed.initialize(
             coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
             num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
             process_id=int(os.environ.get("JAX_PROCESS_ID", "0")),
         )
+    elif cluster_processes() >= 2:
+        jax.distributed.initialize()  # JAX reads the scheduler's variables itself
 
 
-def build(config: TrainConfig):
-    """(model, model config) from a converted checkpoint or a preset, with the run's dtypes."""
-    m = config.model
-    if m.checkpoint:
-        if not Path(m.checkpoint).is_dir():
-            raise ConfigError(f"model.checkpoint: {m.checkpoint} is not a directory")
-        model, model_config = load_pretrained(m.checkpoint)
-        return model, model_config
-    try:
-        if preset_model_type(m.preset) != "tinyllava":
-            raise ConfigError(f"model.preset: {m.preset!r} is not a TinyLLaVA-Video preset")
-        base = get_preset(m.preset)
-    except KeyError as e:
-        raise ConfigError(f"model.preset: {e.args[0]}") from None
-    model_config = dataclasses.replace(
-        base,
-        llm=dataclasses.replace(base.llm, dtype=m.dtype, remat=m.remat),
-        vision=dataclasses.replace(base.vision, dtype=m.dtype),
-        connector=dataclasses.replace(base.connector, dtype=m.dtype),
-    )
-    return build_model("tinyllava", model_config, seed=config.run.seed), model_config
+def cluster_processes() -> int:
+    """The process count a SLURM step or an Open MPI launch announces (1 when neither)."""
+    if os.environ.get("SLURM_JOB_ID") and os.environ.get("SLURM_NTASKS"):
+        return int(os.environ["SLURM_NTASKS"])
+    if os.environ.get("OMPI_MCA_orte_hnp_uri") or os.environ.get("OMPI_MCA_ess_base_jobid"):
+        return int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
+    return 1
+
+
+def run_mesh(config: TrainConfig):
+    """The configured mesh over this job's devices; its size must divide the device count."""
+    m, count = config.mesh, jax.device_count()
+    if count % m.size:
+        raise ConfigError(
+            f"mesh: data={m.data} fsdp={m.fsdp} tensor={m.tensor} ({m.size} devices) does not divide "
+            f"the {count} devices of this job"
+        )
+    return make_mesh(m.data, m.fsdp, m.tensor)
+
+
+def effective_settings(config: TrainConfig, mesh) -> dict[str, Any]:
+    """What the run computes with, as printed at start and stored in run_config.json."""
+    m = config.mesh
+    return {
+        **config.model.settings(),
+        "optimizer_state_dtype": config.optimizer.state_dtype,
+        "reference_dtype": config.grpo.reference_dtype,
+        "mesh": {"data": m.data, "fsdp": m.fsdp, "tensor": m.tensor},
+        "devices": f"{mesh.devices.size} of {jax.device_count()} {jax.default_backend()}",
+        "processes": jax.process_count(),
+    }
 
 
 def grpo_config(config: TrainConfig, total_steps: int, *, sft: bool, eos_id: int) -> GRPOConfig:
-    g = config.grpo
-    if sft:  # maximum likelihood = the GRPO update with advantage 1, ratio 1, no KL, token mean
-        objective = ObjectiveConfig(beta=0.0, aggregation="token_mean", noise_std=0.0)
-    else:
-        if g.objective not in OBJECTIVE_PRESETS:
-            raise ConfigError(f"grpo.objective: {g.objective!r} is not one of {sorted(OBJECTIVE_PRESETS)}")
-        fields = {
-            k: getattr(g, k)
-            for k in ("beta", "epsilon_low", "epsilon_high", "aggregation", "advantage_scale", "noise_std")
-            if getattr(g, k) is not None
-        }
-        objective = dataclasses.replace(OBJECTIVE_PRESETS[g.objective], **fields)
-    o = config.optimizer
-    if o.schedule not in ("cosine", "constant"):
-        raise ConfigError(f"optimizer.schedule: {o.schedule!r} is not one of ['constant', 'cosine']")
-    return GRPOConfig(
+    """The update's config: the grpo section with the objective, sampling and optimizer
+    sections it composes (SFT: maximum likelihood = the GRPO update with advantage 1, ratio
+    1, no KL and a token mean)."""
+    objective = ObjectiveConfig(beta=0.0, aggregation="token_mean", noise_std=0.0) if sft else config.objective
+    return dataclasses.replace(
+        config.grpo,
         objective=objective,
-        sampling=SamplingConfig(
-            max_new_tokens=g.max_new_tokens,
-            temperature=g.temperature,
-            top_k=g.top_k,
-            top_p=g.top_p,
-            eos_id=eos_id,
-            pad_id=eos_id,
-        ),
-        optimizer=OptimizerConfig(
-            learning_rate=o.learning_rate,
-            warmup_ratio=o.warmup_ratio,
-            total_steps=total_steps,
-            schedule=o.schedule,
-            weight_decay=o.weight_decay,
-            max_grad_norm=o.max_grad_norm,
-            b1=o.b1,
-            b2=o.b2,
-            eps=o.eps,
-        ),
-        group_size=1 if sft else g.group_size,
-        updates_per_rollout=1 if sft else g.updates_per_rollout,
-        micro_batches=g.micro_batches,
+        sampling=dataclasses.replace(config.sampling, eos_id=eos_id, pad_id=eos_id),
+        optimizer=dataclasses.replace(config.optimizer, total_steps=total_steps),
+        group_size=1 if sft else config.grpo.group_size,
+        updates_per_rollout=1 if sft else config.grpo.updates_per_rollout,
     )
 
 
@@ -144,20 +128,25 @@ def train(config: TrainConfig, *, sft: bool) -> Path:
     if not config.run.tokenizer or not Path(config.run.tokenizer).is_dir():
         raise ConfigError(f"run.tokenizer: {config.run.tokenizer!r} is not a tokenizer directory")
     maybe_initialize_distributed()
-    out.mkdir(parents=True, exist_ok=True)
+    mesh = run_mesh(config)
+    settings = effective_settings(config, mesh)
+    if jax.process_index() == 0:
+        print(f"effective settings: {json.dumps(settings)}", file=sys.stderr, flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run_config.json").write_text(
+            json.dumps({"stage": "sft" if sft else "grpo", "config": to_dict(config), "effective": settings}, indent=2)
+        )
     tokenizer = load_tokenizer(config.run.tokenizer)
-    model, model_config = build(config)
+    model, model_config = config.model.build(seed=config.run.seed)
     policy = BadInputPolicy(config.data.bad_input)
     records = (read_cold_start_json if sft else read_grpo_jsonl)(annotations, policy)
     d = config.data
-    loader_config = LoaderConfig(
-        batch_size=d.batch_size,
+    loader_config = dataclasses.replace(
+        d,
         num_frames=model_config.num_frames,
         image_size=model_config.vision.image_size,
-        seed=d.seed,
+        visual_tokens=model_config.num_visual_tokens,
         num_epochs=config.run.epochs,
-        num_workers=d.num_workers,
-        bad_input=d.bad_input,
         reasoning_prompt=not sft,
     )
     loader = VideoQALoader(
@@ -169,13 +158,12 @@ def train(config: TrainConfig, *, sft: bool) -> Path:
         total = min(total, config.run.max_steps)
     if total <= 0:
         raise ConfigError(f"data: {len(records)} records give no step of batch_size {d.batch_size}")
-    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     trainer = GRPOTrainer(
         model,
         grpo_config(config, total, sft=sft, eos_id=tokenizer.eos_token_id),
         mesh=mesh,
         tokenizer=tokenizer,
-        reward_config=RewardConfig(rule=config.reward.rule, max_len=config.reward.max_len),
+        reward_config=config.reward,
     )
     checkpointer = TrainCheckpointer(out / "checkpoints", keep_last=config.run.keep_last)
     start = 0
@@ -244,10 +232,26 @@ def main(argv: list[str] | None, *, sft: bool, description: str) -> int:
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", type=Path, default=None)
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. grpo.beta=0")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="compile every program of a step ahead of time for the configured mesh and print its memory and "
+        "FLOPs (abstract shapes: no weights, no data); exit 3 when over --device-memory-gib",
+    )
+    parser.add_argument("--device-memory-gib", type=float, default=None, help="with --plan: the budget per device")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. objective.beta=0")
+    args = parser.parse_intermixed_args(argv)
+    stage = "sft" if sft else "grpo"
     try:
-        final = train(load_config(args.config, args.overrides), sft=sft)
+        config = load_config(args.config, args.overrides, stage=stage)
+        if args.plan:
+            from jax_tinyr1.train import plan
+
+            plan.request_plan_devices(config.mesh.size)
+            return plan.run_plan(config, stage=stage, device_memory_gib=args.device_memory_gib)
+        if args.device_memory_gib is not None:
+            raise ConfigError("--device-memory-gib applies to --plan only")
+        final = train(config, sft=sft)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

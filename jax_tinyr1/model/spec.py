@@ -1,0 +1,84 @@
+"""Which TinyLLaVA-Video a run starts from, and the run's numeric settings applied to it.
+
+A preset or a converted checkpoint's config.json gives the shapes; the run gives the
+numerics (compute dtype, master-weight dtype, rematerialisation, scan unroll). Both sources
+get the settings the same way, so the paper's `dtype: bfloat16` and `remat: true` apply to
+the converted cold-start checkpoint exactly as to a preset. `resolve()` reads config.json
+only (no weights): the memory plan builds from it with abstract shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from jax_tinyr1.model.checkpoint import build_model, load_pretrained
+from jax_tinyr1.model.config_io import CONFIG_FILE, load_model_config
+from jax_tinyr1.model.layers import DTYPES
+from jax_tinyr1.model.presets import get_preset, preset_model_type
+from jax_tinyr1.model.tinyllava import TinyLlavaConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    preset: str = "tinyllava-video-tiny"
+    checkpoint: str | None = None  # a converted checkpoint directory; replaces `preset`
+    dtype: str = "float32"  # compute dtype of all three parts
+    param_dtype: str = "float32"  # master weights (and what the optimizer updates)
+    remat: bool = False  # recompute each language-model layer in the backward pass
+    scan_unroll: int = 1  # language-model layers per scan iteration
+
+    def __post_init__(self):
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"model.{name}: {getattr(self, name)!r} is not one of {sorted(DTYPES)}")
+        if self.scan_unroll < 1:
+            raise ValueError(f"model.scan_unroll: must be >= 1, got {self.scan_unroll}")
+
+    def source_config(self) -> TinyLlavaConfig:
+        """The shapes: the checkpoint's config.json (no weights read) or the preset."""
+        if self.checkpoint:
+            path = Path(self.checkpoint)
+            if not (path / CONFIG_FILE).is_file():
+                raise FileNotFoundError(f"model.checkpoint: {path / CONFIG_FILE} not found")
+            model_type, config, _ = load_model_config(path)
+            if model_type != "tinyllava":
+                raise ValueError(f"model.checkpoint: {path} holds a {model_type!r} model, not a TinyLLaVA-Video")
+            return config
+        try:
+            model_type = preset_model_type(self.preset)
+        except KeyError as e:
+            raise ValueError(f"model.preset: {e.args[0]}") from None
+        if model_type != "tinyllava":
+            raise ValueError(f"model.preset: {self.preset!r} is not a TinyLLaVA-Video preset")
+        return get_preset(self.preset)
+
+    def apply(self, config: TinyLlavaConfig) -> TinyLlavaConfig:
+        numerics = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        return dataclasses.replace(
+            config,
+            llm=dataclasses.replace(config.llm, **numerics, remat=self.remat, scan_unroll=self.scan_unroll),
+            vision=dataclasses.replace(config.vision, **numerics),
+            connector=dataclasses.replace(config.connector, **numerics),
+        )
+
+    def resolve(self) -> TinyLlavaConfig:
+        return self.apply(self.source_config())
+
+    def build(self, *, seed: int = 0, mesh=None):
+        """(model, config): the checkpoint's weights (cast to `param_dtype`) or a random init."""
+        config = self.resolve()
+        if self.checkpoint:
+            model, _ = load_pretrained(self.checkpoint, mesh=mesh, config=config)
+            return model, config
+        return build_model("tinyllava", config, seed=seed), config
+
+    def settings(self) -> dict[str, object]:
+        """What the run computes with (printed at start, stored with the run)."""
+        return {
+            "source": self.checkpoint or f"preset {self.preset}",
+            "compute_dtype": self.dtype,
+            "master_weight_dtype": self.param_dtype,
+            "remat": self.remat,
+            "scan_unroll": self.scan_unroll,
+        }

@@ -1,0 +1,235 @@
+"""The configuration layer: every key of every section takes effect, model settings apply to a
+converted checkpoint as to a preset, the stage refuses keys it would not read, and `--plan`
+compiles a run's programs from its config alone."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jax_tinyr1.data.synthetic import generate
+from jax_tinyr1.data.tokenizer import build_tokenizer
+from jax_tinyr1.model import build_model, get_preset, save_pretrained
+from jax_tinyr1.model.config_io import save_model_config
+from jax_tinyr1.train.config import ConfigError, TrainConfig, load_config, settable_fields
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def _run(args, **kw):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=ROOT, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny converted checkpoint, a synthetic data set (GRPO and cold-start files), a tokenizer."""
+    root = tmp_path_factory.mktemp("config")
+    generate(root / "data", 4, seed=0, cold_start=4, frames=6)
+    corpus = [json.loads(line)["problem"] for line in (root / "data" / "train.jsonl").read_text().splitlines()]
+    build_tokenizer(corpus * 3 + ["<think>x</think><answer>A</answer>"] * 5, root / "tok", vocab_size=300)
+    save_pretrained(root / "ckpt", build_model("tinyllava", get_preset("tinyllava-video-tiny"), seed=0), "tinyllava")
+    return root
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_loads(path):
+    stage = "sft" if "coldstart" in path.name else "grpo"
+    config = load_config(path, stage=stage)
+    assert isinstance(config, TrainConfig)
+
+
+def test_paper_config_on_a_converted_checkpoint_computes_in_bf16_with_remat(tiny):
+    config = load_config(ROOT / "configs" / "paper_8xa100.yaml", [f"model.checkpoint={tiny / 'ckpt'}"])
+    model, model_config = config.model.build()
+    llm = model_config.llm
+    assert (llm.dtype, llm.param_dtype, llm.remat) == ("bfloat16", "float32", True)
+    assert model_config.vision.dtype == model_config.connector.dtype == "bfloat16"
+    assert model.llm.embed[...].dtype == jnp.float32  # master weights
+    ids = jnp.ones((1, 5), jnp.int32)
+    h, _ = model.llm.hidden_states(ids)
+    assert h.dtype == jnp.bfloat16
+    from flax import nnx
+
+    graphdef, params = nnx.split(model.llm)
+
+    def loss(p):
+        return jnp.sum(nnx.merge(graphdef, p).hidden_states(ids)[0].astype(jnp.float32))
+
+    assert "remat" in str(jax.make_jaxpr(jax.grad(loss))(params))
+    # The same checkpoint without the settings: float32, no remat (the checkpoint's own config
+    # does not decide the run's numerics).
+    plain = load_config(None, [f"model.checkpoint={tiny / 'ckpt'}"]).model.resolve()
+    assert (plain.llm.dtype, plain.llm.remat) == ("float32", False)
+    bf16_master = load_config(None, [f"model.checkpoint={tiny / 'ckpt'}", "model.param_dtype=bfloat16"]).model
+    assert bf16_master.build()[0].llm.embed[...].dtype == jnp.bfloat16
+
+
+def test_keys_a_run_would_not_read_are_refused():
+    with pytest.raises(ConfigError, match=r"optimizer\.total_steps is set by the run"):
+        load_config(None, ["optimizer.total_steps=5"])
+    with pytest.raises(ConfigError, match=r"sampling\.eos_id is set by the run from the tokenizer"):
+        load_config(None, ["sampling.eos_id=5"])
+    with pytest.raises(ConfigError, match=r"data\.num_frames is set by the run"):
+        load_config(None, ["data.num_frames=8"])
+    with pytest.raises(ConfigError, match=r"unknown key.*run\.log_every"):
+        load_config(None, ["run.log_every=1"])
+    with pytest.raises(ConfigError, match=r"objective\.beta.*SFT does not read"):
+        load_config(None, ["objective.beta=0.1"], stage="sft")
+    with pytest.raises(ConfigError, match=r"data\.response_tokens.*SFT"):
+        load_config(None, ["data.response_tokens=64"], stage="grpo")
+    with pytest.raises(ConfigError, match=r"grpo\.reference_dtype: objective\.beta is 0"):
+        load_config(None, ["objective.beta=0", "grpo.reference_dtype=bfloat16"])
+    with pytest.raises(ConfigError, match=r"model\.dtype"):
+        load_config(None, ["model.dtype=float8"])
+
+
+class _Reads:
+    """Records which fields of the config sections the code reads (validation, copying and
+    printing do not count: they read every field)."""
+
+    NOT_USES = {"__post_init__", "__repr__", "__eq__", "__hash__", "settings", "effective_settings"}
+
+    def __init__(self):
+        self.seen: set[str] = set()
+
+    def wrap(self, config: TrainConfig) -> TrainConfig:
+        sections = {}
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            sections[f.name] = self._recording_class(type(value), f.name)(**{
+                g.name: getattr(value, g.name) for g in dataclasses.fields(value)
+            })
+        return TrainConfig(**sections)
+
+    def _recording_class(self, cls, section):
+        names, seen, not_uses = {f.name for f in dataclasses.fields(cls)}, self.seen, self.NOT_USES
+
+        def __getattribute__(obj, name):
+            if name in names:
+                caller = sys._getframe(1).f_code
+                if caller.co_name not in not_uses and not caller.co_filename.endswith("dataclasses.py"):
+                    seen.add(f"{section}.{name}")
+            return object.__getattribute__(obj, name)
+
+        return type(cls.__name__, (cls,), {"__getattribute__": __getattribute__})
+
+
+def _settable_keys(config: TrainConfig, sections=None) -> set[str]:
+    return {
+        f"{f.name}.{name}"
+        for f in dataclasses.fields(config)
+        if sections is None or f.name in sections
+        for name in settable_fields(type(getattr(config, f.name)))
+    }
+
+
+def test_every_key_of_every_section_is_read_by_a_run(tiny, tmp_path):
+    """A GRPO run and an SFT run (in process, 1 step each) read every key their stage accepts."""
+    from jax_tinyr1.train.config import SFT_KEYS
+    from jax_tinyr1.train.run import train
+
+    common = [
+        f"model.checkpoint={tiny / 'ckpt'}",
+        f"data.root={tiny / 'data'}",
+        f"run.tokenizer={tiny / 'tok'}",
+        "run.max_steps=1",
+        "data.batch_size=2",
+    ]
+    reads = _Reads()
+    grpo = load_config(
+        None,
+        [*common, f"run.output_dir={tmp_path / 'grpo'}", "sampling.max_new_tokens=4", "grpo.group_size=2"],
+    )
+    train(reads.wrap(grpo), sft=False)
+    assert _settable_keys(grpo) - {"data.response_tokens"} - reads.seen == set()
+
+    reads = _Reads()
+    sft = load_config(
+        None, [*common, f"run.output_dir={tmp_path / 'sft'}", "data.train=cold_start.json"], stage="sft"
+    )
+    train(reads.wrap(sft), sft=True)
+    allowed = {k for k in _settable_keys(sft, SFT_KEYS) if SFT_KEYS[k.split(".")[0]] in (None,)}
+    allowed |= {f"grpo.{k}" for k in SFT_KEYS["grpo"]}
+    assert allowed - reads.seen == set()
+    stored = json.loads((tmp_path / "sft" / "run_config.json").read_text())
+    assert stored["stage"] == "sft" and stored["effective"]["compute_dtype"] == "float32"
+
+
+TINY_PLAN = [
+    "model.checkpoint=null",
+    "model.preset=tinyllava-video-tiny",
+    "data.prompt_tokens=48",
+    "sampling.max_new_tokens=8",
+    "mesh.fsdp=2",
+]
+
+
+def test_plan_of_a_tiny_config_through_the_entry_point():
+    out = _run(["jax_tinyr1.train.grpo", "--config", "configs/paper_8xa100.yaml", *TINY_PLAN, "--plan"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("plan: mesh data=1 fsdp=2 tensor=1 on 2 cpu devices; compute bfloat16")
+    names = [line.split("  ")[0] for line in lines[2:-2]]
+    assert names == [
+        "vision encode",
+        "rollout (G=8, 8 new tokens)",
+        "reference log-probs (float32 weights)",
+        "update (micro-batches 1, log-prob chunk 128)",
+    ]
+    peak = float(lines[-1].split("=")[1])
+    assert lines[-1].startswith("per_device_peak_gib=") and 0 < peak < 0.1
+    assert float(lines[-2].split("=")[1].split()[0]) > 0  # step FLOPs
+    # Over a budget: exit 3 naming the largest program; options after the overrides work too.
+    tight = _run(["jax_tinyr1.train.grpo", "--plan", "--config", "configs/paper_8xa100.yaml", *TINY_PLAN,
+                  "--device-memory-gib", "0.0001"])
+    assert tight.returncode == 3 and "update" in tight.stderr and "--device-memory-gib" in tight.stderr
+    # A lever shows in the plan: bf16 moments shrink the update's arguments.
+    bf16 = _run(["jax_tinyr1.train.grpo", "--config", "configs/paper_8xa100.yaml", *TINY_PLAN,
+                 "optimizer.state_dtype=bfloat16", "--plan"])
+    update = [line for line in lines if line.startswith("update")][0].split()
+    update_bf16 = [line for line in bf16.stdout.splitlines() if line.startswith("update")][0].split()
+    assert float(update_bf16[-6]) < float(update[-6])  # the args column
+
+
+def test_plan_of_the_sft_stage(tiny):
+    out = _run([
+        "jax_tinyr1.train.sft", "--config", "configs/coldstart_paper.yaml", "--plan",
+        f"model.checkpoint={tiny / 'ckpt'}", "data.prompt_tokens=48", "data.response_tokens=32", "mesh.fsdp=2",
+    ])
+    assert out.returncode == 0, out.stderr[-2000:]
+    names = [line.split("  ")[0] for line in out.stdout.strip().splitlines()[2:-2]]
+    assert names == ["vision encode", "update (micro-batches 1, log-prob chunk 128)"]
+
+
+def test_bad_run_settings_exit_2_naming_the_key_or_path(tiny, tmp_path):
+    (tmp_path / "no_config").mkdir()
+    out = _run(["jax_tinyr1.train.grpo", "--plan", f"model.checkpoint={tmp_path / 'no_config'}",
+                "data.prompt_tokens=48"])
+    assert out.returncode == 2 and "config.json" in out.stderr and "no_config" in out.stderr
+    out = _run(["jax_tinyr1.train.grpo", "--plan", "model.flash=true"])
+    assert out.returncode == 2 and "model.flash" in out.stderr
+    out = _run(["jax_tinyr1.train.grpo", "--plan", *TINY_PLAN[:2], "data.prompt_tokens=0"])
+    assert out.returncode == 2 and "data.prompt_tokens" in out.stderr
+    # A real run whose mesh does not divide the job's devices (3 of 8).
+    out = _run(
+        [
+            "jax_tinyr1.train.grpo", f"model.checkpoint={tiny / 'ckpt'}", f"data.root={tiny / 'data'}",
+            f"run.tokenizer={tiny / 'tok'}", f"run.output_dir={tmp_path / 'run'}", "mesh.fsdp=3",
+        ],
+        env={**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+    )
+    assert out.returncode == 2 and "mesh:" in out.stderr and "does not divide" in out.stderr
+
+
+def test_a_config_json_only_checkpoint_is_enough_to_plan(tmp_path):
+    save_model_config(tmp_path, "tinyllava", get_preset("tinyllava-video-tiny"))
+    out = _run(["jax_tinyr1.train.grpo", "--plan", f"model.checkpoint={tmp_path}", "data.prompt_tokens=48",
+                "sampling.max_new_tokens=4"])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1].startswith("per_device_peak_gib=")
