@@ -58,9 +58,16 @@ def plan(stage: str, config: str, overrides: list[str], checkpoint: Path | None)
     if stage == "sft" and not checkpoint:
         source = [s for s in source if not s.startswith("sampling.")] + ["data.response_tokens=32"]
     out = subprocess.run(
-        [sys.executable, "-m", f"jax_tinyr1.train.{stage}", "--config", str(ROOT / "configs" / config), "--plan"]
-        + source
-        + overrides,
+        [
+            sys.executable,
+            "-m",
+            f"jax_tinyr1.train.{stage}",
+            "--config",
+            str(ROOT / "configs" / config),
+            "--plan",
+            *source,
+            *overrides,
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,

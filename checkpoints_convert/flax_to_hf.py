@@ -24,6 +24,7 @@ from jax.sharding import SingleDeviceSharding
 
 from checkpoints_convert.families import get_family
 from checkpoints_convert.mapping import export_params, flatten
+from checkpoints_convert.original_layout import complete_combined_export, write_vision_extras
 from checkpoints_convert.safetensors_io import SINGLE_FILE, write_safetensors
 from jax_tinyr1.model.checkpoint import abstract_model, restore_params
 from jax_tinyr1.model.config_io import load_model_config
@@ -51,13 +52,25 @@ def write_hf_dir(out: Path, rules, params: dict, hf_config: dict, dtype: str) ->
 
 
 def convert(
-    model_type: str, checkpoint: Path, out: Path, *, dtype: str | None = None, component: str | None = None
+    model_type: str,
+    checkpoint: Path,
+    out: Path,
+    *,
+    dtype: str | None = None,
+    component: str | None = None,
+    tokenizer: Path | None = None,
 ) -> None:
+    """`tokenizer` (default CHECKPOINT/tokenizer when it exists) goes beside a combined
+    tinyllava export, so that the original code loads it as it is."""
     if component is not None and model_type != "tinyllava":
         raise ValueError("--component applies to --model-type tinyllava only")
-    config, extra, params = read_checkpoint(Path(checkpoint), model_type)
+    checkpoint, out = Path(checkpoint), Path(out)
+    if tokenizer is not None and not Path(tokenizer).is_dir():
+        raise FileNotFoundError(f"--tokenizer {tokenizer}: not a directory")
+    config, extra, params = read_checkpoint(checkpoint, model_type)
     dtype = dtype or extra.get("hf_dtype", "float32")
     passthrough = extra.get("hf_passthrough", {})
+    full_config = config
     if component is not None:
         model_type, attribute, prefix = COMPONENTS[component]
         config = getattr(config, attribute)
@@ -65,7 +78,14 @@ def convert(
         passthrough = passthrough.get("text_passthrough", {}) if component == "llm" else {}
     family = get_family(model_type)
     rules = family.rules_with_prefix(config, family.hf_prefixes[0])
-    write_hf_dir(Path(out), rules, params, family.config_to_hf(config, dtype, passthrough), dtype)
+    hf_config = family.config_to_hf(config, dtype, passthrough)
+    if model_type == "tinyllava":
+        if tokenizer is None and (checkpoint / "tokenizer").is_dir():
+            tokenizer = checkpoint / "tokenizer"
+        hf_config.update(complete_combined_export(out, full_config, dtype, passthrough, tokenizer))
+    write_hf_dir(out, rules, params, hf_config, dtype)
+    if model_type == "siglip":  # the image processor the original (and HF pipelines) build from the directory
+        write_vision_extras(out, config.image_size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,8 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="tinyllava only: export just the language model or the vision tower",
     )
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="tinyllava: the tokenizer written beside the export (default: CHECKPOINT/tokenizer)",
+    )
     args = parser.parse_args(argv)
-    convert(args.model_type, args.checkpoint, args.out, dtype=args.dtype, component=args.component)
+    convert(
+        args.model_type, args.checkpoint, args.out, dtype=args.dtype, component=args.component, tokenizer=args.tokenizer
+    )
     print(f"wrote {args.out}")
     return 0
 

@@ -87,13 +87,15 @@ def test_keys_a_run_would_not_read_are_refused():
         load_config(None, ["objective.beta=0", "grpo.reference_dtype=bfloat16"])
     with pytest.raises(ConfigError, match=r"model\.dtype"):
         load_config(None, ["model.dtype=float8"])
+    with pytest.raises(ConfigError, match=r"model\.preset and model\.checkpoint exclude each other"):
+        load_config(ROOT / "configs" / "paper_8xa100.yaml", ["model.preset=tinyllava-video-3b"])
 
 
 class _Reads:
     """Records which fields of the config sections the code reads (validation, copying and
     printing do not count: they read every field)."""
 
-    NOT_USES = {"__post_init__", "__repr__", "__eq__", "__hash__", "settings", "effective_settings"}
+    NOT_USES = frozenset({"__post_init__", "__repr__", "__eq__", "__hash__", "settings", "effective_settings"})
 
     def __init__(self):
         self.seen: set[str] = set()
@@ -102,9 +104,9 @@ class _Reads:
         sections = {}
         for f in dataclasses.fields(config):
             value = getattr(config, f.name)
-            sections[f.name] = self._recording_class(type(value), f.name)(**{
-                g.name: getattr(value, g.name) for g in dataclasses.fields(value)
-            })
+            sections[f.name] = self._recording_class(type(value), f.name)(
+                **{g.name: getattr(value, g.name) for g in dataclasses.fields(value)}
+            )
         return TrainConfig(**sections)
 
     def _recording_class(self, cls, section):
@@ -135,7 +137,6 @@ def test_every_key_of_every_section_is_read_by_a_run(tiny, tmp_path):
     from jax_tinyr1.train.run import train
 
     common = [
-        f"model.checkpoint={tiny / 'ckpt'}",
         f"data.root={tiny / 'data'}",
         f"run.tokenizer={tiny / 'tok'}",
         "run.max_steps=1",
@@ -144,19 +145,24 @@ def test_every_key_of_every_section_is_read_by_a_run(tiny, tmp_path):
     reads = _Reads()
     grpo = load_config(
         None,
-        [*common, f"run.output_dir={tmp_path / 'grpo'}", "sampling.max_new_tokens=4", "grpo.group_size=2"],
+        [
+            *common,
+            f"model.checkpoint={tiny / 'ckpt'}",
+            f"run.output_dir={tmp_path / 'grpo'}",
+            "sampling.max_new_tokens=4",
+            "grpo.group_size=2",
+        ],
     )
     train(reads.wrap(grpo), sft=False)
-    assert _settable_keys(grpo) - {"data.response_tokens"} - reads.seen == set()
+    # model.preset is the other source (read in the SFT run below); response_tokens is SFT's.
+    assert _settable_keys(grpo) - {"model.preset", "data.response_tokens"} - reads.seen == set()
 
     reads = _Reads()
-    sft = load_config(
-        None, [*common, f"run.output_dir={tmp_path / 'sft'}", "data.train=cold_start.json"], stage="sft"
-    )
+    sft = load_config(None, [*common, f"run.output_dir={tmp_path / 'sft'}", "data.train=cold_start.json"], stage="sft")
     train(reads.wrap(sft), sft=True)
-    allowed = {k for k in _settable_keys(sft, SFT_KEYS) if SFT_KEYS[k.split(".")[0]] in (None,)}
+    allowed = {k for k in _settable_keys(sft, SFT_KEYS) if SFT_KEYS[k.split(".")[0]] is None}
     allowed |= {f"grpo.{k}" for k in SFT_KEYS["grpo"]}
-    assert allowed - reads.seen == set()
+    assert allowed - {"model.checkpoint"} - reads.seen == set()
     stored = json.loads((tmp_path / "sft" / "run_config.json").read_text())
     assert stored["stage"] == "sft" and stored["effective"]["compute_dtype"] == "float32"
 
@@ -186,22 +192,47 @@ def test_plan_of_a_tiny_config_through_the_entry_point():
     assert lines[-1].startswith("per_device_peak_gib=") and 0 < peak < 0.1
     assert float(lines[-2].split("=")[1].split()[0]) > 0  # step FLOPs
     # Over a budget: exit 3 naming the largest program; options after the overrides work too.
-    tight = _run(["jax_tinyr1.train.grpo", "--plan", "--config", "configs/paper_8xa100.yaml", *TINY_PLAN,
-                  "--device-memory-gib", "0.0001"])
+    tight = _run(
+        [
+            "jax_tinyr1.train.grpo",
+            "--plan",
+            "--config",
+            "configs/paper_8xa100.yaml",
+            *TINY_PLAN,
+            "--device-memory-gib",
+            "0.0001",
+        ]
+    )
     assert tight.returncode == 3 and "update" in tight.stderr and "--device-memory-gib" in tight.stderr
     # A lever shows in the plan: bf16 moments shrink the update's arguments.
-    bf16 = _run(["jax_tinyr1.train.grpo", "--config", "configs/paper_8xa100.yaml", *TINY_PLAN,
-                 "optimizer.state_dtype=bfloat16", "--plan"])
-    update = [line for line in lines if line.startswith("update")][0].split()
-    update_bf16 = [line for line in bf16.stdout.splitlines() if line.startswith("update")][0].split()
+    bf16 = _run(
+        [
+            "jax_tinyr1.train.grpo",
+            "--config",
+            "configs/paper_8xa100.yaml",
+            *TINY_PLAN,
+            "optimizer.state_dtype=bfloat16",
+            "--plan",
+        ]
+    )
+    update = next(line for line in lines if line.startswith("update")).split()
+    update_bf16 = next(line for line in bf16.stdout.splitlines() if line.startswith("update")).split()
     assert float(update_bf16[-6]) < float(update[-6])  # the args column
 
 
 def test_plan_of_the_sft_stage(tiny):
-    out = _run([
-        "jax_tinyr1.train.sft", "--config", "configs/coldstart_paper.yaml", "--plan",
-        f"model.checkpoint={tiny / 'ckpt'}", "data.prompt_tokens=48", "data.response_tokens=32", "mesh.fsdp=2",
-    ])
+    out = _run(
+        [
+            "jax_tinyr1.train.sft",
+            "--config",
+            "configs/coldstart_paper.yaml",
+            "--plan",
+            f"model.checkpoint={tiny / 'ckpt'}",
+            "data.prompt_tokens=48",
+            "data.response_tokens=32",
+            "mesh.fsdp=2",
+        ]
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     names = [line.split("  ")[0] for line in out.stdout.strip().splitlines()[2:-2]]
     assert names == ["vision encode", "update (micro-batches 1, log-prob chunk 128)"]
@@ -209,8 +240,9 @@ def test_plan_of_the_sft_stage(tiny):
 
 def test_bad_run_settings_exit_2_naming_the_key_or_path(tiny, tmp_path):
     (tmp_path / "no_config").mkdir()
-    out = _run(["jax_tinyr1.train.grpo", "--plan", f"model.checkpoint={tmp_path / 'no_config'}",
-                "data.prompt_tokens=48"])
+    out = _run(
+        ["jax_tinyr1.train.grpo", "--plan", f"model.checkpoint={tmp_path / 'no_config'}", "data.prompt_tokens=48"]
+    )
     assert out.returncode == 2 and "config.json" in out.stderr and "no_config" in out.stderr
     out = _run(["jax_tinyr1.train.grpo", "--plan", "model.flash=true"])
     assert out.returncode == 2 and "model.flash" in out.stderr
@@ -219,8 +251,12 @@ def test_bad_run_settings_exit_2_naming_the_key_or_path(tiny, tmp_path):
     # A real run whose mesh does not divide the job's devices (3 of 8).
     out = _run(
         [
-            "jax_tinyr1.train.grpo", f"model.checkpoint={tiny / 'ckpt'}", f"data.root={tiny / 'data'}",
-            f"run.tokenizer={tiny / 'tok'}", f"run.output_dir={tmp_path / 'run'}", "mesh.fsdp=3",
+            "jax_tinyr1.train.grpo",
+            f"model.checkpoint={tiny / 'ckpt'}",
+            f"data.root={tiny / 'data'}",
+            f"run.tokenizer={tiny / 'tok'}",
+            f"run.output_dir={tmp_path / 'run'}",
+            "mesh.fsdp=3",
         ],
         env={**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
     )
@@ -229,7 +265,14 @@ def test_bad_run_settings_exit_2_naming_the_key_or_path(tiny, tmp_path):
 
 def test_a_config_json_only_checkpoint_is_enough_to_plan(tmp_path):
     save_model_config(tmp_path, "tinyllava", get_preset("tinyllava-video-tiny"))
-    out = _run(["jax_tinyr1.train.grpo", "--plan", f"model.checkpoint={tmp_path}", "data.prompt_tokens=48",
-                "sampling.max_new_tokens=4"])
+    out = _run(
+        [
+            "jax_tinyr1.train.grpo",
+            "--plan",
+            f"model.checkpoint={tmp_path}",
+            "data.prompt_tokens=48",
+            "sampling.max_new_tokens=4",
+        ]
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1].startswith("per_device_peak_gib=")

@@ -206,10 +206,16 @@ def test_optimizer_schedules():
     # Cosine with warmup: ceil(10 * 0.3) = 3 warmup steps from 0, then decaying.
     cosine = first_updates(OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.3, total_steps=10), 6)
     assert cosine[0] == 0.0 and abs(cosine[3]) > abs(cosine[5]) > 0
-    constant = first_updates(OptimizerConfig(learning_rate=1e-2, warmup_ratio=0, total_steps=10, schedule="constant"), 20)
+    constant = first_updates(
+        OptimizerConfig(learning_rate=1e-2, warmup_ratio=0, total_steps=10, schedule="constant"), 20
+    )
     assert constant[0] == pytest.approx(constant[19]) and constant[0] < 0  # Adam: -lr * sign
     # Constant after a warmup: ceil(10 * 0.2) = 2 steps from 0, then the full rate.
     warm = first_updates(OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.2, total_steps=10, schedule="constant"), 6)
-    assert warm[0] == 0.0 and abs(warm[1]) == pytest.approx(0.5e-2, rel=1e-4) and warm[2] == pytest.approx(warm[5], rel=1e-5)
+    assert (
+        warm[0] == 0.0
+        and abs(warm[1]) == pytest.approx(0.5e-2, rel=1e-4)
+        and warm[2] == pytest.approx(warm[5], rel=1e-5)
+    )
     with pytest.raises(ValueError, match="schedule"):
         OptimizerConfig(schedule="linear")

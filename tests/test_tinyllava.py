@@ -1,6 +1,8 @@
 """The whole TinyLLaVA-Video model against the PyTorch composition (HF SigLIP + resampler
 reference + HF Qwen2, spliced as the original), and the combined checkpoint both ways."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,14 +91,33 @@ def test_splice_tokens_lays_labels_out_like_the_sequence():
     np.testing.assert_array_equal(out, [[-100, -100, -100, 8, 9], [-100, -100, 1, 2, 3]])
 
 
-def test_combined_checkpoint_round_trip_is_bit_exact(converted, tmp_path):
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    from jax_tinyr1.data.tokenizer import build_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    build_tokenizer(["<think>a red dog</think><answer>A</answer>"] * 20, out, vocab_size=280)
+    return out
+
+
+def test_combined_checkpoint_round_trip_is_bit_exact(converted, tokenizer_dir, tmp_path):
     root, _, original, _, _ = converted
-    flax_to_hf.main(["--model-type", "tinyllava", "--checkpoint", str(root / "fx"), "--out", str(tmp_path / "out")])
+    flax_to_hf.main(
+        [
+            "--model-type",
+            "tinyllava",
+            "--checkpoint",
+            str(root / "fx"),
+            "--out",
+            str(tmp_path / "out"),
+            "--tokenizer",
+            str(tokenizer_dir),
+        ]
+    )
     exported = safetensors.torch.load_file(str(tmp_path / "out" / "model.safetensors"))
     assert sorted(exported) == sorted(original)
     for key, value in original.items():
         assert torch.equal(exported[key], value), key
-    import json
 
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     for field, value in {
@@ -115,13 +136,36 @@ def test_combined_checkpoint_round_trip_is_bit_exact(converted, tmp_path):
     }.items():
         assert config[field] == value, field
     assert config["architectures"] == ["TinyLlavaForConditionalGeneration"]
+    # Self-contained for the original code: it builds its text and vision configs, image
+    # processor and tokenizer from these names, and picks classes by "qwen2" / "siglip" in them.
+    out = (tmp_path / "out").absolute()
+    assert config["llm_model_name_or_path"] == str(out / "qwen2-llm")
+    assert config["vision_model_name_or_path"] == str(out / "siglip-vision")
+    assert config["tokenizer_name_or_path"] == str(out / "tokenizer")
+    assert transformers.AutoConfig.from_pretrained(out / "qwen2-llm").model_type == "qwen2"
+    vision_config = transformers.AutoConfig.from_pretrained(out / "siglip-vision")
+    assert (vision_config.model_type, vision_config.hidden_size, vision_config.image_size) == (
+        "siglip_vision_model",
+        24,
+        16,
+    )
+    processor = json.loads((out / "siglip-vision" / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"height": 16, "width": 16} and processor["image_mean"] == [0.5, 0.5, 0.5]
+    assert transformers.SiglipImageProcessorPil.from_pretrained(out / "siglip-vision").size.height == 16
+    tok_config = json.loads((out / "tokenizer" / "tokenizer_config.json").read_text())
+    assert tok_config["tokenizer_class"] == "PreTrainedTokenizerFast" and "backend" not in tok_config  # 4.x reads it
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out / "tokenizer", use_fast=False)
+    assert tokenizer.decode(tokenizer("a red dog")["input_ids"]) == "a red dog"
 
 
-def test_bfloat16_combined_round_trip(tmp_path):
+def test_bfloat16_combined_round_trip(tokenizer_dir, tmp_path):
     reference = TorchTinyLlava(TEXT, VISION, CONNECTOR, seed=1)
     original = reference.save_original_layout(tmp_path / "original", dtype=torch.bfloat16)
     hf_to_flax.convert("tinyllava", tmp_path / "original", tmp_path / "fx")
-    flax_to_hf.convert("tinyllava", tmp_path / "fx", tmp_path / "out")  # default: the file's own dtype
+    with pytest.raises(FileNotFoundError, match="tokenizer"):  # the original could not load it
+        flax_to_hf.convert("tinyllava", tmp_path / "fx", tmp_path / "no_tokenizer")
+    # default dtype: the file's own
+    flax_to_hf.convert("tinyllava", tmp_path / "fx", tmp_path / "out", tokenizer=tokenizer_dir)
     exported = safetensors.torch.load_file(str(tmp_path / "out" / "model.safetensors"))
     for key, value in original.items():
         assert exported[key].dtype == torch.bfloat16 and torch.equal(exported[key], value), key
@@ -157,6 +201,7 @@ def test_component_exports_load_in_transformers(converted, tmp_path):
     assert not info["missing_keys"] and not info["unexpected_keys"]
     ids = np.random.RandomState(1).randint(0, 200, (2, 7))
     assert relative_error(np.asarray(model.llm(jnp.asarray(ids))), torch_logits(llm.eval(), ids)) <= 1e-5
+    assert transformers.SiglipImageProcessorPil.from_pretrained(tmp_path / "vis").size.width == 16
     vision, info = transformers.SiglipVisionModel.from_pretrained(tmp_path / "vis", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     pixels = np.random.RandomState(2).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)

@@ -161,17 +161,37 @@ def test_two_processes_equal_one_process_on_the_same_mesh(tiny_run_data, tmp_pat
     )
     assert single.returncode == 0, single.stderr[-2000:]
     port = _free_port()
+    explicit = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2"}
+    _two_processes(root, tmp_path / "two", common, lambda i: {**explicit, "JAX_PROCESS_ID": str(i)})
+    # The same through JAX's own SLURM detection: only the variables srun sets.
+    job = _slurm_job_id_with_free_port()
+    slurm = {"SLURM_JOB_ID": str(job), "SLURM_NTASKS": "2", "SLURM_STEP_NODELIST": "localhost"}
+    _two_processes(
+        root, tmp_path / "slurm", common, lambda i: {**slurm, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}
+    )
+    for run in ("two", "slurm"):
+        _assert_same_run(tmp_path / "one", tmp_path / run)
+
+
+def _slurm_job_id_with_free_port() -> int:
+    """A job id whose port (JAX's SLURM rule: id mod 4096 + 61440) is free here."""
+    for job in random.Random().sample(range(10_000, 99_999), 50):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", job % 4096 + 61440))
+            except OSError:
+                continue
+            return job
+    raise RuntimeError("no free port in JAX's SLURM range")
+
+
+def _two_processes(root, out, common, launch_env):
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROC", "SLURM_"))}
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", *_grpo_args(root, tmp_path / "two"), *common, "data.batch_size=4"],
+            [sys.executable, "-m", *_grpo_args(root, out), *common, "data.batch_size=4"],
             cwd=ROOT,
-            env={
-                **os.environ,
-                "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-                "JAX_NUM_PROCESSES": "2",
-                "JAX_PROCESS_ID": str(i),
-            },
+            env={**base, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", **launch_env(i)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -181,7 +201,12 @@ def test_two_processes_equal_one_process_on_the_same_mesh(tiny_run_data, tmp_pat
     for process in processes:
         _, err = process.communicate(timeout=600)
         assert process.returncode == 0, err[-3000:]
-    a, b = _final_params(tmp_path / "one"), _final_params(tmp_path / "two")
+    settings = json.loads((out / "run_config.json").read_text())["effective"]
+    assert settings["processes"] == 2 and settings["devices"] == "8 of 8 cpu"
+
+
+def _assert_same_run(one, two):
+    a, b = _final_params(one), _final_params(two)
     assert a.keys() == b.keys()
     # Not bitwise: gloo's cross-process all-reduce adds the partial gradients in another order
     # than the in-process one (last-bit differences). Per tensor, relative to its norm:
@@ -190,9 +215,7 @@ def test_two_processes_equal_one_process_on_the_same_mesh(tiny_run_data, tmp_pat
     for key in a:
         if "k_bias" not in key:
             assert np.linalg.norm(a[key] - b[key]) <= 1e-6 * np.linalg.norm(a[key]), key
-    metrics = [
-        [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("one", "two")
-    ]
+    metrics = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (one, two)]
     assert [m["reward"] for m in metrics[0]] == [m["reward"] for m in metrics[1]]
     assert [m["completions/mean_length"] for m in metrics[0]] == [m["completions/mean_length"] for m in metrics[1]]
 

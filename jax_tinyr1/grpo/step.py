@@ -93,7 +93,8 @@ class GRPOConfig:
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     """AdamW after global-norm clipping, with a linear warmup over `warmup_ratio` of the steps
     from 0, then cosine decay to 0 (HF's cosine schedule) or the constant rate."""
-    warmup = math.ceil(config.total_steps * config.warmup_ratio)
+    # At least one step after the warmup (a 1-step run has none: optax needs decay steps).
+    warmup = min(math.ceil(config.total_steps * config.warmup_ratio), config.total_steps - 1)
     if config.schedule == "cosine":
         schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, config.total_steps, 0.0)
     elif warmup:

@@ -18,17 +18,21 @@ from jax_tinyr1.model.layers import DTYPES
 from jax_tinyr1.model.presets import get_preset, preset_model_type
 from jax_tinyr1.model.tinyllava import TinyLlavaConfig
 
+DEFAULT_PRESET = "tinyllava-video-tiny"  # the embedded default: runs anywhere, on CPU
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    preset: str = "tinyllava-video-tiny"
-    checkpoint: str | None = None  # a converted checkpoint directory; replaces `preset`
+    preset: str | None = None  # a named config (random init); neither given: the embedded tiny one
+    checkpoint: str | None = None  # a converted checkpoint directory (excludes `preset`)
     dtype: str = "float32"  # compute dtype of all three parts
     param_dtype: str = "float32"  # master weights (and what the optimizer updates)
     remat: bool = False  # recompute each language-model layer in the backward pass
     scan_unroll: int = 1  # language-model layers per scan iteration
 
     def __post_init__(self):
+        if self.preset and self.checkpoint:
+            raise ValueError("model.preset and model.checkpoint exclude each other: give one")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise ValueError(f"model.{name}: {getattr(self, name)!r} is not one of {sorted(DTYPES)}")
@@ -45,13 +49,14 @@ class ModelSpec:
             if model_type != "tinyllava":
                 raise ValueError(f"model.checkpoint: {path} holds a {model_type!r} model, not a TinyLLaVA-Video")
             return config
+        preset = self.preset or DEFAULT_PRESET
         try:
-            model_type = preset_model_type(self.preset)
+            model_type = preset_model_type(preset)
         except KeyError as e:
             raise ValueError(f"model.preset: {e.args[0]}") from None
         if model_type != "tinyllava":
-            raise ValueError(f"model.preset: {self.preset!r} is not a TinyLLaVA-Video preset")
-        return get_preset(self.preset)
+            raise ValueError(f"model.preset: {preset!r} is not a TinyLLaVA-Video preset")
+        return get_preset(preset)
 
     def apply(self, config: TinyLlavaConfig) -> TinyLlavaConfig:
         numerics = {"dtype": self.dtype, "param_dtype": self.param_dtype}
@@ -76,7 +81,7 @@ class ModelSpec:
     def settings(self) -> dict[str, object]:
         """What the run computes with (printed at start, stored with the run)."""
         return {
-            "source": self.checkpoint or f"preset {self.preset}",
+            "source": self.checkpoint or f"preset {self.preset or DEFAULT_PRESET}",
             "compute_dtype": self.dtype,
             "master_weight_dtype": self.param_dtype,
             "remat": self.remat,

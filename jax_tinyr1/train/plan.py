@@ -14,8 +14,9 @@ many virtual CPU devices (the entry point sets XLA's host device count before JA
 A program's peak is XLA's own figure for it (arguments + temporaries + outputs - donated)
 plus what stays resident on the device meanwhile without being its argument (e.g. the
 optimizer state during the rollout, the reference weights during the update).
-FLOPs are XLA's cost analysis of one execution; a while loop's body is counted once, so the
-rollout's figure covers the prefill and one decode step.
+FLOPs are XLA's cost analysis of one execution, where a loop's body counts once (the layer
+scan, the micro-batch scan, the decode loop): they compare programs of one shape, they are
+not the step's arithmetic.
 """
 
 from __future__ import annotations
@@ -269,7 +270,7 @@ def format_plan(config: TrainConfig, plans: list[ProgramPlan], devices) -> str:
             f"{p.resident_gib:>10.2f}{p.peak_gib:>10.2f}{p.gflops:>11.1f}{p.compile_s:>11.1f}"
         )
     step_gflops = sum(p.gflops * p.runs_per_step for p in plans)
-    lines.append(f"step_gflops_per_device={step_gflops:.1f} (while-loop bodies counted once)")
+    lines.append(f"step_gflops_per_device={step_gflops:.1f} (XLA cost analysis; loop bodies counted once)")
     lines.append(f"per_device_peak_gib={max(p.peak_gib for p in plans):.3f}")
     return "\n".join(lines)
 

@@ -46,11 +46,14 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize()  # JAX reads the scheduler's variables itself
 
 
+OMPI_URI = "OMPI_MCA_orte_hnp_uri"
+
+
 def cluster_processes() -> int:
     """The process count a SLURM step or an Open MPI launch announces (1 when neither)."""
     if os.environ.get("SLURM_JOB_ID") and os.environ.get("SLURM_NTASKS"):
         return int(os.environ["SLURM_NTASKS"])
-    if os.environ.get("OMPI_MCA_orte_hnp_uri") or os.environ.get("OMPI_MCA_ess_base_jobid"):
+    if OMPI_URI in os.environ:  # what JAX's Open MPI detection looks for
         return int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1"))
     return 1
 

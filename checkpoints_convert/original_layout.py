@@ -1,0 +1,96 @@
+"""What the original TinyLLaVA-Video code needs beside a combined export to load it as it is.
+
+The original builds its parts by name: `TinyLlavaConfig` reads the text config from
+`llm_model_name_or_path` and the vision config from `vision_model_name_or_path`
+(`AutoConfig.from_pretrained`), the SigLIP image processor from the vision path
+(`preprocessor_config.json`), and the tokenizer from `tokenizer_name_or_path`; its factories
+pick the classes by the substrings "qwen2" and "siglip" of those names. Without the fields it
+silently falls back to a Llama text config. An export of a checkpoint imported from the hub
+keeps the imported names; any other gets sibling directories written inside the export
+(`qwen2-llm/`, `siglip-vision/`, `tokenizer/`), named by absolute path.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from checkpoints_convert.qwen2 import qwen2_config_to_hf
+from checkpoints_convert.siglip import siglip_config_to_hf
+from jax_tinyr1.data.preprocess import MEAN, STD
+from jax_tinyr1.model.tinyllava import TinyLlavaConfig
+
+NAME_FIELDS = ("llm_model_name_or_path", "vision_model_name_or_path", "tokenizer_name_or_path")
+LLM_DIR, VISION_DIR, TOKENIZER_DIR = "qwen2-llm", "siglip-vision", "tokenizer"
+# tokenizer_config.json classes that only transformers 5 knows, and what 4.x reads instead
+# (the same tokenizer.json, loaded whether or not the caller asks for a fast tokenizer).
+_V5_ONLY_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def siglip_preprocessor_config(image_size: int) -> dict[str, Any]:
+    """`preprocessor_config.json` of SigLIP's image processor, for our preprocessing."""
+    return {
+        "image_processor_type": "SiglipImageProcessor",
+        "processor_class": "SiglipProcessor",
+        "do_resize": True,
+        "size": {"height": image_size, "width": image_size},
+        "resample": 3,  # PIL bicubic
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [MEAN] * 3,
+        "image_std": [STD] * 3,
+    }
+
+
+def write_vision_extras(directory: Path, image_size: int) -> None:
+    (Path(directory) / "preprocessor_config.json").write_text(
+        json.dumps(siglip_preprocessor_config(image_size), indent=2) + "\n"
+    )
+
+
+def write_tokenizer(source: Path, out: Path) -> None:
+    """Copy a tokenizer directory so that transformers 4.x reads it as well as 5.x."""
+    shutil.copytree(source, out, dirs_exist_ok=True)
+    config_path = out / "tokenizer_config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        config["tokenizer_class"] = _V5_ONLY_TOKENIZER_CLASSES.get(
+            config.get("tokenizer_class"), config.get("tokenizer_class")
+        )
+        config.pop("backend", None)  # a 5.x field; 4.x would pass it to the tokenizer's __init__
+        config_path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def complete_combined_export(
+    out: Path, config: TinyLlavaConfig, dtype: str, passthrough: dict[str, Any], tokenizer: Path | None
+) -> dict[str, str]:
+    """The three name fields for the combined config.json: the imported ones when present,
+    else sibling directories written here. Returns them (absolute paths or hub names)."""
+    out = Path(out).absolute()
+    names = {k: passthrough[k] for k in NAME_FIELDS if passthrough.get(k)}
+    if "llm_model_name_or_path" not in names:
+        llm = out / LLM_DIR
+        llm.mkdir(parents=True, exist_ok=True)
+        text = qwen2_config_to_hf(config.llm, dtype, passthrough.get("text_passthrough", {}))
+        (llm / "config.json").write_text(json.dumps({**text, "torch_dtype": dtype}, indent=2) + "\n")
+        names["llm_model_name_or_path"] = str(llm)
+    if "vision_model_name_or_path" not in names:
+        vision = out / VISION_DIR
+        vision.mkdir(parents=True, exist_ok=True)
+        hf_vision = siglip_config_to_hf(config.vision, dtype, {})
+        (vision / "config.json").write_text(json.dumps({**hf_vision, "torch_dtype": dtype}, indent=2) + "\n")
+        write_vision_extras(vision, config.vision.image_size)
+        names["vision_model_name_or_path"] = str(vision)
+    if "tokenizer_name_or_path" not in names:
+        if tokenizer is not None:
+            write_tokenizer(Path(tokenizer), out / TOKENIZER_DIR)
+            names["tokenizer_name_or_path"] = str(out / TOKENIZER_DIR)
+        elif "llm_model_name_or_path" not in passthrough:  # the original would look in qwen2-llm/
+            raise FileNotFoundError(
+                "the export needs a tokenizer for the original code (tokenizer_name_or_path): pass --tokenizer DIR "
+                "or keep one in CHECKPOINT/tokenizer"
+            )
+    return names
