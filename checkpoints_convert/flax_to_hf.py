@@ -6,7 +6,8 @@
 qwen2 output loads in `transformers.Qwen2ForCausalLM`, siglip in `SiglipVisionModel`,
 tinyllava is the original combined layout; `--component llm|vision` exports only the
 language model or the vision tower of a tinyllava checkpoint as a plain HF directory.
-Tensors are converted and written one at a time.
+Parameters are read one at a time (an orbax partial load) and their tensors converted and
+written before the next is read: peak memory is about twice the largest parameter.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import jax
@@ -26,7 +28,7 @@ from checkpoints_convert.families import get_family
 from checkpoints_convert.mapping import export_params, flatten
 from checkpoints_convert.original_layout import complete_combined_export, write_vision_extras
 from checkpoints_convert.safetensors_io import SINGLE_FILE, write_safetensors
-from jax_tinyr1.model.checkpoint import abstract_model, restore_params
+from jax_tinyr1.model.checkpoint import abstract_model, load_leaf
 from jax_tinyr1.model.config_io import load_model_config
 
 NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16)}
@@ -34,20 +36,45 @@ NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfl
 COMPONENTS = {"llm": ("qwen2", "llm", "llm/"), "vision": ("siglip", "vision", "vision/")}
 
 
-def read_checkpoint(checkpoint: Path, model_type: str):
-    """(config, extra, flat params on the host CPU) of one of our checkpoints."""
+class LazyParams(Mapping):
+    """Flat {path: array} of a checkpoint, read on demand with one parameter in memory at a
+    time (the exporter asks for them grouped)."""
+
+    def __init__(self, checkpoint: Path, abstract: dict, prefix: str = ""):
+        self.checkpoint, self.abstract = checkpoint, abstract
+        self.shapes = {p[len(prefix) :]: tuple(v.shape) for p, v in flatten(abstract).items() if p.startswith(prefix)}
+        self.prefix = prefix
+        self._current: tuple[str, np.ndarray] | None = None
+
+    def __getitem__(self, path: str) -> np.ndarray:
+        if self._current is None or self._current[0] != path:
+            self._current = None  # drop the previous parameter before reading the next
+            value = load_leaf(self.checkpoint, self.abstract, tuple((self.prefix + path).split("/")))
+            self._current = (path, np.asarray(value))
+        return self._current[1]
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+
+def read_checkpoint(checkpoint: Path, model_type: str, prefix: str = ""):
+    """(config, extra, lazily read flat params on the host CPU) of one of our checkpoints;
+    `prefix` keeps the parameters under it (a component), named without it."""
     found_type, config, extra = load_model_config(checkpoint)
     if found_type != model_type:
         raise ValueError(f"{checkpoint}: holds a {found_type!r} model, not --model-type {model_type!r}")
     state = nnx.to_pure_dict(nnx.state(abstract_model(model_type, config), nnx.Param))
     cpu = SingleDeviceSharding(jax.devices("cpu")[0])
     abstract = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=cpu), state)
-    return config, extra, flatten(restore_params(checkpoint, abstract))
+    return config, extra, LazyParams(checkpoint, abstract, prefix)
 
 
-def write_hf_dir(out: Path, rules, params: dict, hf_config: dict, dtype: str) -> None:
+def write_hf_dir(out: Path, rules, params: LazyParams, hf_config: dict, dtype: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    write_safetensors(out / SINGLE_FILE, export_params(params, rules, NP_DTYPES[dtype]))
+    write_safetensors(out / SINGLE_FILE, export_params(params, rules, NP_DTYPES[dtype], params.shapes))
     (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
 
 
@@ -67,14 +94,16 @@ def convert(
     checkpoint, out = Path(checkpoint), Path(out)
     if tokenizer is not None and not Path(tokenizer).is_dir():
         raise FileNotFoundError(f"--tokenizer {tokenizer}: not a directory")
-    config, extra, params = read_checkpoint(checkpoint, model_type)
-    dtype = dtype or extra.get("hf_dtype", "float32")
-    passthrough = extra.get("hf_passthrough", {})
-    full_config = config
+    source_type = model_type
+    prefix = ""
     if component is not None:
         model_type, attribute, prefix = COMPONENTS[component]
-        config = getattr(config, attribute)
-        params = {path[len(prefix) :]: v for path, v in params.items() if path.startswith(prefix)}
+    full_config, extra, params = read_checkpoint(checkpoint, source_type, prefix)
+    dtype = dtype or extra.get("hf_dtype", "float32")
+    passthrough = extra.get("hf_passthrough", {})
+    config = full_config
+    if component is not None:
+        config = getattr(full_config, attribute)
         passthrough = passthrough.get("text_passthrough", {}) if component == "llm" else {}
     family = get_family(model_type)
     rules = family.rules_with_prefix(config, family.hf_prefixes[0])

@@ -2,8 +2,10 @@
 
     python -m checkpoints_convert.hf_to_flax --model-type qwen2 --hf-dir HF_DIR --out OUT_DIR
 
-Needs no torch. Tensors are memory-mapped and copied one at a time into the parameter
-tree, so peak memory is about one copy of the model.
+Needs no torch. The file is checked whole first (names, shapes); then each parameter of our
+tree is assembled from its HF tensors (a stacked parameter from its layers' tensors) and
+written (an orbax partial save) before the next one is made: peak memory is about twice the
+largest parameter, whatever the size of the model.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from pathlib import Path
 from flax import nnx
 
 from checkpoints_convert.families import get_family
-from checkpoints_convert.mapping import flatten, import_params, unflatten
+from checkpoints_convert.mapping import flatten, import_leaves
 from checkpoints_convert.safetensors_io import DTYPE_NAMES, SafetensorsReader
-from jax_tinyr1.model.checkpoint import abstract_model, save_params
+from jax_tinyr1.model.checkpoint import abstract_model, save_params_leafwise
 from jax_tinyr1.model.config_io import save_model_config
 
 HF_DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
@@ -38,7 +40,7 @@ def convert(model_type: str, hf_dir: Path, out: Path, *, overwrite: bool = False
     abstract = flatten(nnx.to_pure_dict(nnx.state(abstract_model(model_type, config), nnx.Param)))
     reader = SafetensorsReader(hf_dir)
     prefix = family.detect_prefix(config, reader, hf_dir)
-    params = import_params(
+    leaves = import_leaves(  # checks the whole file now; makes the leaves as they are saved
         reader,
         family.rules_with_prefix(config, prefix),
         abstract,
@@ -48,12 +50,12 @@ def convert(model_type: str, hf_dir: Path, out: Path, *, overwrite: bool = False
     counts = Counter(DTYPE_NAMES[t.dtype] for t in reader.tensors.values())
     hf_dtype = HF_DTYPE_NAMES.get(counts.most_common(1)[0][0], "float32")
 
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out}: exists and is not empty (pass --overwrite)")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out}: exists and is not empty (pass --overwrite)")
+    if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_params(out, unflatten(params))
+    out.mkdir(parents=True)
+    save_params_leafwise(out, leaves)
     save_model_config(out, model_type, config, hf_dtype=hf_dtype, hf_passthrough=passthrough)
     return config
 

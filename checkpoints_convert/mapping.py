@@ -8,7 +8,7 @@ tensors with exactly the expected shapes, and names the offending key otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,17 +97,19 @@ def _expected_hf(rules: list[Rule], shapes: dict[str, tuple[int, ...]]):
     return expected
 
 
-def import_params(
+def import_leaves(
     reader: SafetensorsReader,
     rules: list[Rule],
     abstract: dict[str, object],
     *,
     ignored_hf_keys: Iterable[str] = (),
-) -> dict[str, np.ndarray]:
-    """HF tensors -> flat {flax path: numpy array} with the abstract tree's shapes/dtypes.
+) -> Iterator[tuple[str, np.ndarray]]:
+    """HF tensors -> (flax path, numpy array) leaves with the abstract tree's shapes/dtypes,
+    one leaf at a time (a stacked leaf is filled from its layers' tensors).
 
     `abstract` maps flax paths to objects with `.shape` and `.dtype`. `ignored_hf_keys`
-    may be present in the file and are skipped (e.g. a tied lm_head).
+    may be present in the file and are skipped (e.g. a tied lm_head). The whole file is
+    checked (names and shapes) here, before the returned iterator makes the first leaf.
     """
     shapes = {path: tuple(a.shape) for path, a in abstract.items()}
     expected = _expected_hf(rules, shapes)
@@ -129,27 +131,49 @@ def import_params(
         if tuple(found) != tuple(hf_shape):
             raise CheckpointError(f"tensor {key!r} has shape {tuple(found)}, expected {tuple(hf_shape)}")
 
-    out = {path: np.empty(a.shape, a.dtype) for path, a in abstract.items()}
+    by_leaf: dict[str, list[tuple[str, Rule, int | None]]] = {}
     for key, (rule, layer, _) in expected.items():
-        value = rule.transform.to_flax(reader.get(key))
-        if layer is None:
-            out[rule.flax][...] = value
-        else:
-            out[rule.flax][layer] = value
-    return out
+        by_leaf.setdefault(rule.flax, []).append((key, rule, layer))
+    return _leaves(reader, abstract, by_leaf)
 
 
-def export_params(params: dict[str, object], rules: list[Rule], dtype) -> list[TensorToWrite]:
-    """Flat {flax path: array} -> lazily produced HF tensors, in the table's order."""
-    shapes = {path: tuple(np.shape(a)) for path, a in params.items()}
+def _leaves(reader: SafetensorsReader, abstract: dict[str, object], by_leaf) -> Iterator[tuple[str, np.ndarray]]:
+    for path, a in abstract.items():
+        leaf = np.empty(a.shape, a.dtype)
+        for key, rule, layer in by_leaf[path]:
+            value = rule.transform.to_flax(reader.get(key))
+            if layer is None:
+                leaf[...] = value
+            else:
+                leaf[layer] = value
+            del value
+        yield path, leaf
+        del leaf
+
+
+def import_params(reader: SafetensorsReader, rules: list[Rule], abstract: dict[str, object], **kwargs):
+    """All leaves of `import_leaves` at once: flat {flax path: numpy array}."""
+    return dict(import_leaves(reader, rules, abstract, **kwargs))
+
+
+def export_params(
+    params: Mapping[str, object], rules: list[Rule], dtype, shapes: dict[str, tuple[int, ...]] | None = None
+) -> list[TensorToWrite]:
+    """Flat {flax path: array} -> lazily produced HF tensors, grouped by parameter (a stacked
+    parameter's layers together), so that a lazy `params` mapping needs one leaf at a time.
+    `shapes` spares reading `params` to learn them."""
+    shapes = shapes or {path: tuple(np.shape(a)) for path, a in params.items()}
     expected = _expected_hf(rules, shapes)
     dtype = np.dtype(dtype)
+    order = {path: i for i, path in enumerate(shapes)}
+    grouped = sorted(expected.items(), key=lambda item: order[item[1][0].flax])  # stable: layers stay in order
 
     def producer(rule: Rule, layer: int | None):
         def produce():
-            a = np.asarray(params[rule.flax] if layer is None else params[rule.flax][layer])
+            a = params[rule.flax]
+            a = np.asarray(a if layer is None else a[layer])
             return rule.transform.to_hf(a).astype(dtype)
 
         return produce
 
-    return [TensorToWrite(key, shape, dtype, producer(rule, layer)) for key, (rule, layer, shape) in expected.items()]
+    return [TensorToWrite(key, shape, dtype, producer(rule, layer)) for key, (rule, layer, shape) in grouped]

@@ -1,9 +1,9 @@
 """Streaming safetensors reader and writer on numpy (no torch, no whole-file loads).
 
 The format: an 8-byte little-endian header length, a JSON header naming each tensor's dtype,
-shape and byte range, then the raw little-endian data. Reading memory-maps the file so that
-only the tensor being converted is touched; writing computes the header from shapes first
-and then streams one tensor at a time.
+shape and byte range, then the raw little-endian data. Reading reads one tensor's byte range
+at a time; writing computes the header from shapes first and then streams one tensor at a
+time.
 """
 
 from __future__ import annotations
@@ -87,7 +87,6 @@ class SafetensorsReader:
                 if key in self.tensors:
                     raise CheckpointError(f"{directory}: tensor {key!r} appears in two shard files")
                 self.tensors[key] = info
-        self._maps: dict[Path, np.memmap] = {}
 
     def keys(self) -> list[str]:
         return list(self.tensors)
@@ -99,16 +98,18 @@ class SafetensorsReader:
         return key in self.tensors
 
     def get(self, key: str) -> np.ndarray:
-        """A read-only view of one tensor (memory-mapped: no copy until used)."""
+        """One tensor, read into fresh memory (a read, not a map: the file's pages never count
+        as this process's memory, so a streaming conversion stays at one tensor)."""
         info = self.tensors[key]
-        if info.file not in self._maps:
-            self._maps[info.file] = np.memmap(info.file, dtype=np.uint8, mode="r")
         count = int(np.prod(info.shape, dtype=np.int64))
         if info.end - info.start != count * info.dtype.itemsize:
             raise CheckpointError(f"{info.file}: tensor {key!r} byte range does not match its shape")
-        return np.frombuffer(self._maps[info.file], dtype=info.dtype, count=count, offset=info.start).reshape(
-            info.shape
-        )
+        out = np.empty(info.shape, info.dtype)
+        with open(info.file, "rb") as f:
+            f.seek(info.start)
+            if f.readinto(out.reshape(-1).view(np.uint8)) != info.end - info.start:
+                raise CheckpointError(f"{info.file}: tensor {key!r} is truncated")
+        return out
 
 
 @dataclass(frozen=True)

@@ -184,3 +184,35 @@ def test_preset_parameter_counts_without_allocation(preset, count):
     leaves = jax.tree.leaves(nnx.to_pure_dict(state))
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
     assert sum(int(np.prod(x.shape)) for x in leaves) == count
+
+
+def test_conversion_streams_one_parameter_at_a_time(tmp_path, monkeypatch):
+    """hf_to_flax hands each parameter to orbax before reading the next one's tensors, and
+    flax_to_hf reads each parameter once, just before writing its tensors."""
+    from checkpoints_convert.safetensors_io import SafetensorsReader
+    from jax_tinyr1.model import checkpoint
+
+    random_qwen2(tmp_path / "hf", tie_word_embeddings=False)
+    events = []
+    get, save, load = SafetensorsReader.get, checkpoint.ocp_v1.partial.save, checkpoint.load_leaf
+    monkeypatch.setattr(SafetensorsReader, "get", lambda self, key: events.append(("read", key)) or get(self, key))
+
+    def saving(path, tree):
+        events.append(("save", "/".join(str(k.key) for k in jax.tree_util.tree_leaves_with_path(tree)[0][0])))
+        return save(path, tree)
+
+    monkeypatch.setattr(checkpoint.ocp_v1.partial, "save", saving)
+    hf_to_flax.convert("qwen2", tmp_path / "hf", tmp_path / "fx")
+    saves = [i for i, e in enumerate(events) if e[0] == "save"]
+    saved = [events[i][1] for i in saves]
+    assert len(saved) == len(set(saved)) == 15 and "lm_head" in saved  # one save per parameter (untied)
+    layer_q = [e[1] for e in events[saves[0] :] if e[0] == "read" and e[1].endswith("q_proj.weight")]
+    # the q_proj tensors of every layer are read together, right before their leaf is saved
+    q_save = events.index(("save", "layers/q_kernel"))
+    assert events[q_save - len(layer_q) : q_save] == [("read", k) for k in layer_q] and len(layer_q) == 2
+
+    loads = []
+    monkeypatch.setattr("checkpoints_convert.flax_to_hf.load_leaf", lambda *a: loads.append(a[2]) or load(*a))
+    flax_to_hf.convert("qwen2", tmp_path / "fx", tmp_path / "hf2")
+    assert len(loads) == len(set(loads))  # each parameter read once
+    assert sorted(_tensors(tmp_path / "hf")) == sorted(_tensors(tmp_path / "hf2"))

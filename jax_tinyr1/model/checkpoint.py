@@ -3,15 +3,22 @@
 Layout of a model directory:
     DIR/config.json   {"model_type": ..., "config": {...}, ...}
     DIR/params/       orbax PyTree checkpoint of the parameter tree (nested dict of arrays)
+
+Training saves the tree in one orbax call (every process writes its shards); the converter
+writes it one leaf at a time (orbax partial saves, `params/state/`), so its memory does not
+grow with the model. Both layouts are read the same way, one leaf at a time.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+import orbax.checkpoint.experimental.v1 as ocp_v1
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
@@ -43,13 +50,66 @@ def save_params(directory: Path, params: dict) -> None:
         checkpointer.wait_until_finished()
 
 
-def restore_params(directory: Path, abstract_params: dict) -> dict:
-    """Read the parameter tree; `abstract_params` leaves are ShapeDtypeStructs with shardings."""
+def save_params_leafwise(directory: Path, leaves: Iterable[tuple[str, np.ndarray]]) -> None:
+    """Write ("a/b/c", array) leaves one by one into `directory/params`: each is on disk
+    before the next is made, so peak memory is one leaf."""
+    path = Path(directory).absolute() / PARAMS_DIR
+    for name, array in leaves:
+        *parents, leaf = name.split("/")
+        tree = {leaf: array}
+        for parent in reversed(parents):
+            tree = {parent: tree}
+        ocp_v1.partial.save(path, tree)
+        del tree, array
+    ocp_v1.partial.finalize(path)
+
+
+def _flat_paths(tree: dict, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for key, value in tree.items():
+        out.extend(_flat_paths(value, (*prefix, key)) if isinstance(value, dict) else [(*prefix, key)])
+    return out
+
+
+def _get(tree: dict, path: tuple[str, ...]):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def load_leaf(directory: Path, abstract_params: dict, leaf_path: tuple[str, ...]) -> jax.Array:
+    """One parameter of the tree (an orbax partial load: the others are not read)."""
     path = Path(directory).absolute() / PARAMS_DIR
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no orbax parameter checkpoint")
-    with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(path, abstract_params)
+    request = jax.tree.map(lambda _: ocp_v1.PLACEHOLDER, abstract_params)
+    node = request
+    for key in leaf_path[:-1]:
+        node = node[key]
+    node[leaf_path[-1]] = _get(abstract_params, leaf_path)
+    try:
+        return _get(ocp_v1.load(path, request), leaf_path)
+    except ValueError as e:
+        raise ValueError(f"{path}: cannot read parameter {'/'.join(leaf_path)} ({e})") from None
+
+
+def iter_params(directory: Path, abstract_params: dict) -> Iterator[tuple[tuple[str, ...], jax.Array]]:
+    """(path, array) for each leaf of `abstract_params` (ShapeDtypeStructs with shardings),
+    read one at a time: the caller decides how many stay in memory."""
+    for leaf_path in _flat_paths(abstract_params):
+        yield leaf_path, load_leaf(directory, abstract_params, leaf_path)
+
+
+def restore_params(directory: Path, abstract_params: dict) -> dict:
+    """Read the parameter tree; `abstract_params` leaves are ShapeDtypeStructs with shardings.
+    Leaf by leaf, so the host holds at most one leaf beyond the restored ones."""
+    restored: dict = {}
+    for leaf_path, value in iter_params(directory, abstract_params):
+        node = restored
+        for key in leaf_path[:-1]:
+            node = node.setdefault(key, {})
+        node[leaf_path[-1]] = value
+    return restored
 
 
 def save_pretrained(directory: Path, model, model_type: str, **extra) -> None:
@@ -75,7 +135,7 @@ def load_pretrained(checkpoint_dir, *, mesh: Mesh | None = None, config=None, **
     model = abstract_model(model_type, config)
     state = nnx.state(model, nnx.Param)
     if mesh is None:
-        device = SingleDeviceSharding(jax.devices()[0])
+        device = SingleDeviceSharding(jax.local_devices()[0])
         shardings = jax.tree.map(lambda _: device, nnx.to_pure_dict(state))
     else:
         shardings = state_shardings(state, mesh)
