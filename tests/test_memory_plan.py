@@ -16,5 +16,6 @@ def test_memory_plan_bench_runs_and_reports_a_peak():
     )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.strip().splitlines()
-    assert lines[2].startswith("| coldstart_paper (SFT, 4 devices) |")
+    # The SFT stage plans its two programs only: no rollout, no reference.
+    assert lines[2].startswith("| coldstart_paper (SFT, 4 devices) | 0.00 | - | - | 0.00 |")
     assert lines[-1].startswith("per_device_peak_gib=") and 0 < float(lines[-1].split("=")[1]) < 0.1

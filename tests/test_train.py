@@ -147,7 +147,8 @@ def _free_port() -> int:
 
 def test_two_processes_equal_one_process_on_the_same_mesh(tiny_run_data, tmp_path):
     """2 processes x 4 CPU devices (gloo collectives), each reading its half of every batch,
-    against 1 process x 8 devices, on the same data=2 x fsdp=4 mesh and global batch."""
+    against 1 process x 8 devices, on the same data=2 x fsdp=4 mesh and global batch. The two
+    processes are started with SLURM's variables only (JAX's cluster detection)."""
     root = tiny_run_data
     # The untrained model never closes its tags, so every reward is -2 and the advantages are
     # 0: the update is the KL term's small gradient. With Adam's usual eps (1e-8) that update is
@@ -160,17 +161,41 @@ def test_two_processes_equal_one_process_on_the_same_mesh(tiny_run_data, tmp_pat
         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
     )
     assert single.returncode == 0, single.stderr[-2000:]
-    port = _free_port()
-    explicit = {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2"}
-    _two_processes(root, tmp_path / "two", common, lambda i: {**explicit, "JAX_PROCESS_ID": str(i)})
-    # The same through JAX's own SLURM detection: only the variables srun sets.
+    # 2 processes launched as srun launches them: JAX's own SLURM detection, no JAX_* variables.
     job = _slurm_job_id_with_free_port()
     slurm = {"SLURM_JOB_ID": str(job), "SLURM_NTASKS": "2", "SLURM_STEP_NODELIST": "localhost"}
-    _two_processes(
-        root, tmp_path / "slurm", common, lambda i: {**slurm, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}
-    )
-    for run in ("two", "slurm"):
-        _assert_same_run(tmp_path / "one", tmp_path / run)
+    _two_processes(root, tmp_path / "two", common, lambda i: {**slurm, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)})
+    _assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
+def test_explicit_coordinator_variables_initialize_jax_distributed(monkeypatch):
+    """JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID are passed on as they are;
+    a SLURM step or an Open MPI launch of 2+ processes lets JAX detect the cluster; else nothing."""
+    import jax
+
+    from jax_tinyr1.train import run
+
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    for name in ("SLURM_JOB_ID", "SLURM_NTASKS", run.OMPI_URI, "OMPI_COMM_WORLD_SIZE", "JAX_COORDINATOR_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    run.maybe_initialize_distributed()
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_NTASKS", "1")  # a 1-task allocation is not a cluster
+    run.maybe_initialize_distributed()
+    assert calls == []
+    monkeypatch.setenv("SLURM_NTASKS", "16")
+    run.maybe_initialize_distributed()
+    monkeypatch.delenv("SLURM_JOB_ID")
+    monkeypatch.setenv(run.OMPI_URI, "123.0;tcp://10.0.0.1:4000")
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    run.maybe_initialize_distributed()
+    assert calls == [{}, {}]  # JAX reads the scheduler's variables itself
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    monkeypatch.setenv("JAX_PROCESS_ID", "1")
+    run.maybe_initialize_distributed()
+    assert calls[-1] == {"coordinator_address": "10.0.0.1:1234", "num_processes": 2, "process_id": 1}
 
 
 def _slurm_job_id_with_free_port() -> int:
@@ -186,7 +211,9 @@ def _slurm_job_id_with_free_port() -> int:
 
 
 def _two_processes(root, out, common, launch_env):
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROC", "SLURM_"))}
+    base = {
+        k: v for k, v in os.environ.items() if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROC", "SLURM_", "OMPI_"))
+    }
     processes = [
         subprocess.Popen(
             [sys.executable, "-m", *_grpo_args(root, out), *common, "data.batch_size=4"],
