@@ -6,7 +6,7 @@ Layout of a model directory:
 
 Training saves the tree in one orbax call (every process writes its shards); the converter
 writes it one leaf at a time (orbax partial saves, `params/state/`), so its memory does not
-grow with the model. Both layouts are read the same way, one leaf at a time.
+grow with the model. Both layouts are read the same way, a few parameters at a time.
 """
 
 from __future__ import annotations
@@ -77,38 +77,60 @@ def _get(tree: dict, path: tuple[str, ...]):
     return tree
 
 
-def load_leaf(directory: Path, abstract_params: dict, leaf_path: tuple[str, ...]) -> jax.Array:
-    """One parameter of the tree (an orbax partial load: the others are not read)."""
+# Parameters restored per orbax call: a few large ones or many small ones, so that reading a
+# model never holds much more than the model (each call stages its leaves on the host first)
+# and a small model is read in one call.
+RESTORE_GROUP_BYTES = 64 << 20
+
+
+def load_leaves(directory: Path, abstract_params: dict, leaf_paths: list[tuple[str, ...]]) -> list[jax.Array]:
+    """Some parameters of the tree (an orbax partial load: the others are not read)."""
     path = Path(directory).absolute() / PARAMS_DIR
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no orbax parameter checkpoint")
     request = jax.tree.map(lambda _: ocp_v1.PLACEHOLDER, abstract_params)
-    node = request
-    for key in leaf_path[:-1]:
-        node = node[key]
-    node[leaf_path[-1]] = _get(abstract_params, leaf_path)
+    for leaf_path in leaf_paths:
+        node = request
+        for key in leaf_path[:-1]:
+            node = node[key]
+        node[leaf_path[-1]] = _get(abstract_params, leaf_path)
     try:
-        return _get(ocp_v1.load(path, request), leaf_path)
+        loaded = ocp_v1.load(path, request)
     except ValueError as e:
-        raise ValueError(f"{path}: cannot read parameter {'/'.join(leaf_path)} ({e})") from None
+        names = ", ".join("/".join(p) for p in leaf_paths)
+        raise ValueError(f"{path}: cannot read parameter(s) {names} ({e})") from None
+    return [_get(loaded, leaf_path) for leaf_path in leaf_paths]
 
 
-def iter_params(directory: Path, abstract_params: dict) -> Iterator[tuple[tuple[str, ...], jax.Array]]:
-    """(path, array) for each leaf of `abstract_params` (ShapeDtypeStructs with shardings),
-    read one at a time: the caller decides how many stay in memory."""
+def load_leaf(directory: Path, abstract_params: dict, leaf_path: tuple[str, ...]) -> jax.Array:
+    return load_leaves(directory, abstract_params, [leaf_path])[0]
+
+
+def _groups(abstract_params: dict) -> Iterator[list[tuple[str, ...]]]:
+    group, size = [], 0
     for leaf_path in _flat_paths(abstract_params):
-        yield leaf_path, load_leaf(directory, abstract_params, leaf_path)
+        leaf = _get(abstract_params, leaf_path)
+        nbytes = int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+        if group and size + nbytes > RESTORE_GROUP_BYTES:
+            yield group
+            group, size = [], 0
+        group.append(leaf_path)
+        size += nbytes
+    if group:
+        yield group
 
 
 def restore_params(directory: Path, abstract_params: dict) -> dict:
     """Read the parameter tree; `abstract_params` leaves are ShapeDtypeStructs with shardings.
-    Leaf by leaf, so the host holds at most one leaf beyond the restored ones."""
+    In groups of parameters of at most RESTORE_GROUP_BYTES (or one larger parameter), so the
+    host holds little beyond the restored model."""
     restored: dict = {}
-    for leaf_path, value in iter_params(directory, abstract_params):
-        node = restored
-        for key in leaf_path[:-1]:
-            node = node.setdefault(key, {})
-        node[leaf_path[-1]] = value
+    for group in _groups(abstract_params):
+        for leaf_path, value in zip(group, load_leaves(directory, abstract_params, group), strict=True):
+            node = restored
+            for key in leaf_path[:-1]:
+                node = node.setdefault(key, {})
+            node[leaf_path[-1]] = value
     return restored
 
 
