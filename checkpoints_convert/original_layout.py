@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from checkpoints_convert.siglip import siglip_config_to_hf
 from jax_tinyr1.data.preprocess import MEAN, STD
 from jax_tinyr1.model.tinyllava import TinyLlavaConfig
 
+ORIGINAL_RESAMPLER_HEADS = (8, 64)  # PerceiverAttention(dim_head=64, heads=8) in the original
 NAME_FIELDS = ("llm_model_name_or_path", "vision_model_name_or_path", "tokenizer_name_or_path")
 LLM_DIR, VISION_DIR, TOKENIZER_DIR = "qwen2-llm", "siglip-vision", "tokenizer"
 # tokenizer_config.json classes that only transformers 5 knows, and what 4.x reads instead
@@ -70,6 +72,13 @@ def complete_combined_export(
     """The three name fields for the combined config.json: the imported ones when present,
     else sibling directories written here. Returns them (absolute paths or hub names)."""
     out = Path(out).absolute()
+    if (config.connector.heads, config.connector.dim_head) != ORIGINAL_RESAMPLER_HEADS:
+        print(
+            f"warning: this model's resampler has {config.connector.heads} heads of {config.connector.dim_head}; "
+            f"the original code hard-codes {ORIGINAL_RESAMPLER_HEADS[0]} of {ORIGINAL_RESAMPLER_HEADS[1]} and cannot "
+            "load this export (transformers and this project can)",
+            file=sys.stderr,
+        )
     names = {k: passthrough[k] for k in NAME_FIELDS if passthrough.get(k)}
     if "llm_model_name_or_path" not in names:
         llm = out / LLM_DIR

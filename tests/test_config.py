@@ -203,26 +203,31 @@ def test_plan_of_the_paper_config_from_a_config_json_only_checkpoint(tmp_path):
     assert not (tmp_path / "params").exists()  # nothing but config.json was there, nothing was written
 
 
-def test_bad_run_settings_exit_2_naming_the_key_or_path(tiny, tmp_path):
+def test_bad_run_settings_exit_2_naming_the_key_or_path(tiny, tmp_path, capsys):
+    """Through the entry point's main (in this process: 8 CPU devices); one real process too."""
+    from jax_tinyr1.train.run import main
+
+    def run(*args):
+        code = main(list(args), sft=False, description="")
+        return code, capsys.readouterr().err
+
     (tmp_path / "no_config").mkdir()
     out = _run(
         ["jax_tinyr1.train.grpo", "--plan", f"model.checkpoint={tmp_path / 'no_config'}", "data.prompt_tokens=48"]
     )
     assert out.returncode == 2 and "config.json" in out.stderr and "no_config" in out.stderr
-    out = _run(["jax_tinyr1.train.grpo", "--plan", "model.flash=true"])
-    assert out.returncode == 2 and "model.flash" in out.stderr
-    out = _run(["jax_tinyr1.train.grpo", "--plan", "data.prompt_tokens=0"])
-    assert out.returncode == 2 and "data.prompt_tokens" in out.stderr
+    code, err = run("--plan", "model.flash=true")
+    assert code == 2 and "model.flash" in err
+    code, err = run("--plan", "data.prompt_tokens=0")
+    assert code == 2 and "data.prompt_tokens" in err
+    code, err = run("model.preset=tinyllava-video-tiny", "--device-memory-gib", "8")
+    assert code == 2 and "--device-memory-gib applies to --plan only" in err
     # A real run whose mesh does not divide the job's devices (3 of 8).
-    out = _run(
-        [
-            "jax_tinyr1.train.grpo",
-            f"model.checkpoint={tiny / 'ckpt'}",
-            f"data.root={tiny / 'data'}",
-            f"run.tokenizer={tiny / 'tok'}",
-            f"run.output_dir={tmp_path / 'run'}",
-            "mesh.fsdp=3",
-        ],
-        env={**__import__("os").environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+    code, err = run(
+        f"model.checkpoint={tiny / 'ckpt'}",
+        f"data.root={tiny / 'data'}",
+        f"run.tokenizer={tiny / 'tok'}",
+        f"run.output_dir={tmp_path / 'run'}",
+        "mesh.fsdp=3",
     )
-    assert out.returncode == 2 and "mesh:" in out.stderr and "does not divide" in out.stderr
+    assert code == 2 and "mesh:" in err and "does not divide the 8 devices" in err

@@ -100,7 +100,7 @@ def tokenizer_dir(tmp_path_factory):
     return out
 
 
-def test_combined_checkpoint_round_trip_is_bit_exact(converted, tokenizer_dir, tmp_path):
+def test_combined_checkpoint_round_trip_is_bit_exact(converted, tokenizer_dir, tmp_path, capsys):
     root, _, original, _, _ = converted
     flax_to_hf.main(
         [
@@ -114,6 +114,8 @@ def test_combined_checkpoint_round_trip_is_bit_exact(converted, tokenizer_dir, t
             str(tokenizer_dir),
         ]
     )
+    # 2 heads of 8 (a test size): the original, with its hard-coded 8 of 64, could not load it.
+    assert "the original code hard-codes 8 of 64" in capsys.readouterr().err
     exported = safetensors.torch.load_file(str(tmp_path / "out" / "model.safetensors"))
     assert sorted(exported) == sorted(original)
     for key, value in original.items():
