@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -14,6 +16,7 @@ def _last_lines(args, n):
     return {line.split("=")[0]: float(line.split("=")[1]) for line in lines}
 
 
+@pytest.mark.bench
 def test_gpu_3b_script_runs_on_cpu_with_the_tiny_config():
     figures = _last_lines(["bench/gpu_3b.py", "--tiny", "--repeats", "1", "--prompts", "2", "--group", "2"], 5)
     assert {
@@ -26,6 +29,7 @@ def test_gpu_3b_script_runs_on_cpu_with_the_tiny_config():
     assert all(v > 0 for v in figures.values())
 
 
+@pytest.mark.bench
 def test_rollout_and_update_benchmarks_run_tiny():
     rollout = _last_lines(
         [
