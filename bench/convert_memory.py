@@ -19,7 +19,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +48,12 @@ print('RESULT', seconds, peak_kib * 1024)
 
 def write_random_hf(preset: str, out: Path, shards: int) -> int:
     """A random float32 HF checkpoint of the preset's shape; returns its tensor bytes."""
+    from flax import nnx
+
     from checkpoints_convert.families import get_family
     from checkpoints_convert.mapping import export_params, flatten
     from checkpoints_convert.safetensors_io import INDEX_FILE, write_safetensors
     from jax_tinyr1.model import abstract_model, get_preset
-    from flax import nnx
 
     config = get_preset(preset)
     family = get_family("qwen2")
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
         from checkpoints_convert.safetensors_io import SafetensorsReader
 
         a, b = SafetensorsReader(paths["hf"]), SafetensorsReader(paths["back"])
-        exact = sorted(a.keys()) == sorted(b.keys()) and all(np.array_equal(a.get(k), b.get(k)) for k in a.keys())
+        exact = sorted(a.keys()) == sorted(b.keys()) and all(np.array_equal(a.get(k), b.get(k)) for k in a)
         print(f"round trip bit-exact: {exact}")
     worst = max(peaks["hf_to_flax"], peaks["flax_to_hf"])
     print(f"convert_peak_ratio={worst / size:.3f}")
