@@ -184,7 +184,12 @@ def train(config: TrainConfig, *, sft: bool) -> Path:
     step_fn: Callable = sft_step if sft else grpo_step
     logger = MetricsLogger(out, total, start, enabled=jax.process_index() == 0)
     for step in range(start, total):
-        batch = next(loader)
+        try:
+            batch = next(loader)
+        except StopIteration:  # skipped samples left too few for the planned steps
+            raise DataError(
+                f"the data ran out at step {step + 1} of {total}; samples: {loader.policy.summary()}"
+            ) from None
         key = jax.random.fold_in(base_key, step)  # a pure function of the step: resumes exactly
         metrics = step_fn(trainer, batch, key)
         logger.log(step + 1, metrics)
