@@ -76,12 +76,7 @@ class MakeSample:
 
     def __call__(self, record: Record) -> dict[str, Any]:
         c = self.config
-        try:
-            path = resolve_inside(self.data_root, record.video)
-            frames = read_frames(path, c.num_frames)
-        except (DataError, VideoDecodeError) as e:
-            kind = "path" if isinstance(e, DataError) else "video"
-            return {"error": f"{record.source}: {e}", "kind": kind}
+        # The text first: a prompt or response too long for the run costs no video decode.
         question = grpo_question(record.question) if c.reasoning_prompt else record.question
         ids = np.asarray(prompt_ids(self.tokenizer, question), np.int32)
         if c.text_width is not None and len(ids) > c.text_width:
@@ -90,21 +85,30 @@ class MakeSample:
                 "error": f"{record.source}: prompt of {spliced} tokens exceeds data.prompt_tokens={c.prompt_tokens}",
                 "kind": "annotation",
             }
+        response = None
+        if record.response is not None:  # SFT: " {response}<|endoftext|>" is supervised
+            response = self.tokenizer(" " + record.response, add_special_tokens=False)["input_ids"]
+            response = np.asarray([*response, eos_id(self.tokenizer)], np.int32)
+            if c.response_tokens and len(response) > c.response_tokens:
+                return {
+                    "error": f"{record.source}: response of {len(response)} tokens exceeds "
+                    f"data.response_tokens={c.response_tokens}",
+                    "kind": "annotation",
+                }
+        try:
+            path = resolve_inside(self.data_root, record.video)
+            frames = read_frames(path, c.num_frames)
+        except (DataError, VideoDecodeError) as e:
+            kind = "path" if isinstance(e, DataError) else "video"
+            return {"error": f"{record.source}: {e}", "kind": kind}
         sample = {
             "pixels": preprocess_frames(frames, c.image_size),
             "prompt_ids": ids,
             "answer": record.answer,
             "id": record.id,
         }
-        if record.response is not None:  # SFT: " {response}<|endoftext|>" is supervised
-            response = self.tokenizer(" " + record.response, add_special_tokens=False)["input_ids"]
-            if c.response_tokens and len(response) + 1 > c.response_tokens:
-                return {
-                    "error": f"{record.source}: response of {len(response) + 1} tokens exceeds "
-                    f"data.response_tokens={c.response_tokens}",
-                    "kind": "annotation",
-                }
-            sample["response_ids"] = np.asarray([*response, eos_id(self.tokenizer)], np.int32)
+        if response is not None:
+            sample["response_ids"] = response
         return sample
 
 
