@@ -24,11 +24,7 @@ from jax_tinyr1.data.policy import BadInputPolicy, DataError, resolve_inside
 from jax_tinyr1.data.preprocess import preprocess_frames
 from jax_tinyr1.data.template import eos_id, grpo_question, prompt_ids
 from jax_tinyr1.data.video import VideoDecodeError, read_frames
-
-
-def _derived(default, source: str):
-    """A field the run fills in from elsewhere (a YAML key for it is refused)."""
-    return dataclasses.field(default=default, metadata={"derived": source})
+from jax_tinyr1.derived import derived
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +42,11 @@ class LoaderConfig:
     # one compiled program per stage, and the memory plan needs it.
     prompt_tokens: int = 0
     response_tokens: int = 0  # SFT: responses (with their EOS) padded to this; longer is bad input
-    num_frames: int = _derived(16, "model: num_frames")
-    image_size: int = _derived(384, "model: vision.image_size")
-    visual_tokens: int = _derived(0, "model: connector.num_queries")
-    num_epochs: int = _derived(1, "run.epochs")
-    reasoning_prompt: bool = _derived(True, "the stage (GRPO: yes, SFT: no)")
+    num_frames: int = derived(16, "model: num_frames")
+    image_size: int = derived(384, "model: vision.image_size")
+    visual_tokens: int = derived(0, "model: connector.num_queries")
+    num_epochs: int = derived(1, "run.epochs")
+    reasoning_prompt: bool = derived(True, "the stage (GRPO: yes, SFT: no)")
     pad_multiple: int = 32  # pad token lengths up to a multiple: a few shapes, a few compilations
 
     def __post_init__(self):

@@ -7,6 +7,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from jax_tinyr1.derived import derived
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
@@ -15,8 +17,8 @@ class SamplingConfig:
     top_k: int = 50  # 0 = off
     top_p: float = 1.0  # 1 = off
     # From the tokenizer in a run (a YAML key for them is refused).
-    eos_id: int = dataclasses.field(default=151643, metadata={"derived": "the tokenizer"})
-    pad_id: int = dataclasses.field(default=151643, metadata={"derived": "the tokenizer"})
+    eos_id: int = derived(151643, "the tokenizer")
+    pad_id: int = derived(151643, "the tokenizer")
 
     def __post_init__(self):
         if self.max_new_tokens <= 0:

@@ -20,6 +20,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jax_tinyr1.derived import derived
 from jax_tinyr1.grpo.logprobs import chunked_token_logps
 from jax_tinyr1.grpo.loss import ObjectiveConfig, grpo_loss
 from jax_tinyr1.grpo.rollout import left_align
@@ -30,16 +31,11 @@ from jax_tinyr1.model.tinyllava import TinyLlavaVideo
 TRAINABLE_DEFAULT = ("connector", "llm")
 
 
-# Fields the run fills in itself (from the step count, the tokenizer, ...): a YAML key for
-# one of them is refused, since it would be overwritten.
-DERIVED = "derived"
-
-
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     learning_rate: float = 1e-6
     warmup_ratio: float = 0.03
-    total_steps: int = dataclasses.field(default=687, metadata={DERIVED: "the run's step count"})
+    total_steps: int = derived(687, "the run's step count")
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     schedule: str = "cosine"  # after the linear warmup: cosine to 0 | constant
@@ -65,13 +61,9 @@ class OptimizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
-    objective: ObjectiveConfig = dataclasses.field(
-        default=ObjectiveConfig(), metadata={DERIVED: "the objective section"}
-    )
-    sampling: SamplingConfig = dataclasses.field(default=SamplingConfig(), metadata={DERIVED: "the sampling section"})
-    optimizer: OptimizerConfig = dataclasses.field(
-        default=OptimizerConfig(), metadata={DERIVED: "the optimizer section"}
-    )
+    objective: ObjectiveConfig = derived(ObjectiveConfig(), "the objective section")
+    sampling: SamplingConfig = derived(SamplingConfig(), "the sampling section")
+    optimizer: OptimizerConfig = derived(OptimizerConfig(), "the optimizer section")
     group_size: int = 8  # G
     updates_per_rollout: int = 1  # mu
     micro_batches: int = 1  # gradient accumulation over groups of prompts
@@ -79,7 +71,7 @@ class GRPOConfig:
     # The frozen reference policy's weights: float32, or bfloat16 to halve them (the KL is
     # then taken against the bf16-rounded reference).
     reference_dtype: str = "float32"
-    trainable: tuple[str, ...] = dataclasses.field(default=TRAINABLE_DEFAULT, metadata={DERIVED: "the stage"})
+    trainable: tuple[str, ...] = derived(TRAINABLE_DEFAULT, "the stage")
 
     def __post_init__(self):
         if self.group_size < 1:

@@ -14,7 +14,7 @@ validates its own values:
     run        RunSection       (this file: output, checkpoints, seed)
     mesh       MeshSection      (this file)
 
-Fields the run fills in itself carry `metadata={"derived": source}`; a key for one of them
+Fields the run fills in itself are marked with `jax_tinyr1.derived.derived`; a key for one of them
 is refused, as are unknown keys, wrong types, bad values and, for SFT, the keys of the GRPO
 stage (nothing is accepted and then ignored). Errors name the key.
 """
@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from jax_tinyr1.data.loader import LoaderConfig
+from jax_tinyr1.derived import DERIVED
 from jax_tinyr1.grpo.loss import ObjectiveConfig
 from jax_tinyr1.grpo.sampling import SamplingConfig
 from jax_tinyr1.grpo.step import GRPOConfig, OptimizerConfig
@@ -136,13 +137,13 @@ def _check(value: Any, annotation: Any, key: str) -> Any:
 
 def settable_fields(cls) -> dict[str, dataclasses.Field]:
     """The fields of a section that a config file may set (not the derived ones)."""
-    return {f.name: f for f in dataclasses.fields(cls) if "derived" not in f.metadata}
+    return {f.name: f for f in dataclasses.fields(cls) if DERIVED not in f.metadata}
 
 
 def from_dict(cls, values: dict[str, Any], where: str = ""):
     hints = typing.get_type_hints(cls)
     prefix = f"{where}." if where else ""
-    derived = {f.name: f.metadata["derived"] for f in dataclasses.fields(cls) if "derived" in f.metadata}
+    derived = {f.name: f.metadata[DERIVED] for f in dataclasses.fields(cls) if DERIVED in f.metadata}
     for name in sorted(set(values) & set(derived)):
         raise ConfigError(f"{prefix}{name} is set by the run from {derived[name]}, not by the config")
     unknown = sorted(set(values) - set(hints))
