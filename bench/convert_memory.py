@@ -59,7 +59,7 @@ def write_random_hf(preset: str, out: Path, shards: int) -> int:
     family = get_family("qwen2")
     shapes = {
         path: tuple(v.shape)
-        for path, v in flatten(nnx.to_pure_dict(nnx.state(abstract_model("qwen2", config), nnx.Param))).items()
+        for path, v in flatten(nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param))).items()
     }
     rng = np.random.default_rng(0)
 

@@ -33,11 +33,14 @@ import numpy as np
 from flax import nnx
 from timing import median_time  # bench/timing.py (bench/ is on sys.path when run as a script)
 
-from jax_tinyr1.grpo import OBJECTIVE_PRESETS
-from jax_tinyr1.grpo.rollout import make_sampler
-from jax_tinyr1.grpo.sampling import SamplingConfig
-from jax_tinyr1.grpo.step import Batch, GRPOConfig, OptimizerConfig, make_optimizer, make_update, split_params
+from jax_tinyr1.generate.sampler import make_sampler
+from jax_tinyr1.generate.sampling import SamplingConfig
+from jax_tinyr1.grpo.config import GRPOConfig
+from jax_tinyr1.grpo.loss import OBJECTIVE_PRESETS
+from jax_tinyr1.grpo.update import Batch, make_grpo_update
 from jax_tinyr1.model import KVCache, build_model, get_preset
+from jax_tinyr1.update.optimizer import OptimizerConfig, make_optimizer
+from jax_tinyr1.update.params import split_params
 
 # Dense bf16 peak FLOP/s and HBM bytes/s by device kind (vendor figures, SXM parts).
 CARDS = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12), "A100": (312e12, 1.555e12)}
@@ -98,7 +101,7 @@ def main(argv=None) -> int:
 
     # -- rollout: bf16 weights (a sampling copy), 8 prompts x G -------------------------------
     llm_config = dataclasses.replace(config.llm, param_dtype=dtype)
-    llm = build_model("qwen2", llm_config, seed=0)
+    llm = build_model(llm_config, seed=0)
     graphdef, state = nnx.split(llm)
     sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, top_k=50, eos_id=-1, pad_id=0)
     sample = make_sampler(graphdef, sampling, args.group)
@@ -127,7 +130,7 @@ def main(argv=None) -> int:
     results["decode_bandwidth_gb_per_s"] = step_bytes / (decode_s / new_tokens) / 1e9
 
     # -- one GRPO update: 1 prompt x G rows, f32 master weights + AdamW, remat ----------------------
-    model = build_model("tinyllava", config, seed=0)
+    model = build_model(config, seed=0)
     grpo = GRPOConfig(
         objective=OBJECTIVE_PRESETS["paper"], sampling=sampling, optimizer=OptimizerConfig(), group_size=args.group
     )
@@ -135,14 +138,14 @@ def main(argv=None) -> int:
     del model
     optimizer = make_optimizer(grpo.optimizer)
     opt_state = jax.jit(optimizer.init)(trainable)
-    update = jax.jit(make_update(graphdef, grpo, optimizer), donate_argnums=(0, 2))
+    update = jax.jit(make_grpo_update(graphdef, grpo, optimizer), donate_argnums=(0, 2))
     text = prompt_len - config.num_visual_tokens + 1
     ids = rng.randint(10, 1000, (args.group, text))
     ids[:, 2] = config.image_token_index
     batch = Batch(
         prompt_ids=jnp.asarray(ids),
         prompt_mask=jnp.ones((args.group, text), jnp.int32),
-        features=jnp.asarray(
+        vision_input=jnp.asarray(
             rng.randn(1, frames * config.vision.tokens_per_frame, config.vision.hidden_size), jnp.bfloat16
         ),
         tokens=jnp.asarray(rng.randint(10, 1000, (args.group, new_tokens))),

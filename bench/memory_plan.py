@@ -100,7 +100,7 @@ def main(argv=None) -> int:
             from jax_tinyr1.model.config_io import save_model_config
 
             checkpoint = Path(tmp)
-            save_model_config(checkpoint, "tinyllava", get_preset("tinyllava-video-3b"))
+            save_model_config(checkpoint, get_preset("tinyllava-video-3b"))
         results = {name: plan(*PLANS[name], checkpoint) for name in names}
     print("| plan | encode | rollout | reference | update | peak GiB/device | step GFLOP/device | compile s |")
     print("|---|---|---|---|---|---|---|---|")

@@ -33,10 +33,9 @@ import transformers
 from flax import nnx
 from timing import median_time  # bench/timing.py (bench/ is on sys.path when run as a script)
 
-from checkpoints_convert import hf_to_flax
-from checkpoints_convert.qwen2 import qwen2_config_to_hf
-from jax_tinyr1.grpo.rollout import make_sampler
-from jax_tinyr1.grpo.sampling import SamplingConfig
+from checkpoints_convert import hf_to_flax, qwen2
+from jax_tinyr1.generate.sampler import make_sampler
+from jax_tinyr1.generate.sampling import SamplingConfig
 from jax_tinyr1.model import get_preset, load_pretrained
 from jax_tinyr1.model.presets import PRESETS
 
@@ -45,7 +44,7 @@ NO_EOS = -1
 
 def hf_config(preset: str) -> transformers.Qwen2Config:
     """The preset as an HF config, through the converter's own config mapping."""
-    return transformers.Qwen2Config(**qwen2_config_to_hf(get_preset(preset), "float32", {}))
+    return transformers.Qwen2Config(**qwen2.config_to_hf(get_preset(preset), "float32", {}))
 
 
 def bench_language_model(args, work: Path) -> dict[str, float]:
@@ -117,10 +116,10 @@ def bench_video_model(args, work: Path) -> dict[str, float]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from torch_reference import TorchTinyLlava, nchw
 
-    from jax_tinyr1.grpo.step import GRPOConfig
+    from jax_tinyr1.grpo.config import GRPOConfig
     from jax_tinyr1.grpo.trainer import GRPOTrainer
 
-    config = PRESETS["tinyllava-video-tiny"][1]
+    config = PRESETS["tinyllava-video-tiny"]
     text = dict(
         vocab_size=config.llm.vocab_size,
         hidden_size=config.llm.hidden_size,

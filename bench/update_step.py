@@ -30,9 +30,9 @@ from flax import nnx
 from timing import median_time  # bench/timing.py (bench/ is on sys.path when run as a script)
 
 from checkpoints_convert import hf_to_flax
-from jax_tinyr1.grpo.logprobs import chunked_token_logps
 from jax_tinyr1.grpo.loss import grpo_loss
 from jax_tinyr1.model import load_pretrained
+from jax_tinyr1.update.logprobs import chunked_token_logps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rollout_vs_hf import hf_config

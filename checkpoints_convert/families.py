@@ -1,55 +1,48 @@
-"""What the converter needs to know about each model type."""
+"""A model type's conversion: its registry entry (jax_tinyr1.model.registry) and the rule
+module the entry names, which holds `rules`, `ignored_hf_keys`, `config_from_hf` and
+`config_to_hf`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
 
-from checkpoints_convert import qwen2, siglip, tinyllava
 from checkpoints_convert.mapping import Rule, prefixed
 from checkpoints_convert.safetensors_io import CheckpointError, SafetensorsReader
+from jax_tinyr1.model.registry import ModelType, model_type
 
 
 @dataclass(frozen=True)
 class Family:
-    rules: Callable[[Any], list[Rule]]  # HF names without any file-level prefix
-    ignored_hf_keys: Callable[[Any], list[str]]
-    config_from_hf: Callable[..., tuple[Any, dict[str, Any]]]
-    config_to_hf: Callable[[Any, str, dict[str, Any]], dict[str, Any]]
-    hf_prefixes: tuple[str, ...] = ("",)  # accepted on import; the first is written on export
+    entry: ModelType
+    module: ModuleType
+
+    def rules(self, config) -> list[Rule]:
+        """HF names without any file-level prefix."""
+        return self.module.rules(config)
+
+    def ignored_hf_keys(self, config) -> list[str]:
+        return self.module.ignored_hf_keys(config)
+
+    def config_from_hf(self, hf: dict, **overrides):
+        return self.module.config_from_hf(hf, **overrides)
+
+    def config_to_hf(self, config, dtype: str, passthrough: dict) -> dict:
+        return self.module.config_to_hf(config, dtype, passthrough)
 
     def rules_with_prefix(self, config, hf_prefix: str) -> list[Rule]:
         return prefixed(self.rules(config), hf_prefix, "")
 
     def detect_prefix(self, config, reader: SafetensorsReader, where) -> str:
         """The prefix under which the file's keys are named (e.g. SigLIP's `vision_model.`)."""
-        for prefix in self.hf_prefixes:
+        for prefix in self.entry.hf_prefixes:
             if all(rule.hf.format(i=0) in reader for rule in self.rules_with_prefix(config, prefix)[:1]):
                 return prefix
         first = self.rules(config)[0].hf
-        raise CheckpointError(f"{where}: no tensor {first!r} under any of the prefixes {list(self.hf_prefixes)}")
+        raise CheckpointError(f"{where}: no tensor {first!r} under any of the prefixes {list(self.entry.hf_prefixes)}")
 
 
-FAMILIES: dict[str, Family] = {
-    "qwen2": Family(qwen2.qwen2_rules, qwen2.qwen2_ignored_keys, qwen2.qwen2_config_from_hf, qwen2.qwen2_config_to_hf),
-    "siglip": Family(
-        lambda c: siglip.siglip_rules(c, hf_prefix=""),
-        lambda c: [],
-        siglip.siglip_config_from_hf,
-        siglip.siglip_config_to_hf,
-        hf_prefixes=siglip.HF_PREFIXES,
-    ),
-    "tinyllava": Family(
-        tinyllava.tinyllava_rules,
-        tinyllava.tinyllava_ignored_keys,
-        tinyllava.tinyllava_config_from_hf,
-        tinyllava.tinyllava_config_to_hf,
-    ),
-}
-
-
-def get_family(model_type: str) -> Family:
-    if model_type not in FAMILIES:
-        raise ValueError(f"unknown --model-type {model_type!r}; choose from {sorted(FAMILIES)}")
-    return FAMILIES[model_type]
+def get_family(name: str) -> Family:
+    entry = model_type(name)
+    return Family(entry, importlib.import_module(entry.conversion))

@@ -1,7 +1,9 @@
 """Our orbax checkpoint directory -> HF directory (config.json + model.safetensors).
 
-    python -m checkpoints_convert.flax_to_hf --model-type qwen2|siglip|tinyllava --checkpoint DIR \
-        --out HF_DIR [--dtype float32|bfloat16] [--component llm|vision]
+    python -m checkpoints_convert.flax_to_hf --checkpoint DIR --out HF_DIR [--model-type qwen2|siglip|tinyllava] \
+        [--dtype float32|bfloat16] [--component llm|vision]
+
+The model type is read from DIR/config.json; `--model-type`, when given, must agree with it.
 
 qwen2 output loads in `transformers.Qwen2ForCausalLM`, siglip in `SiglipVisionModel`,
 tinyllava is the original combined layout; `--component llm|vision` exports only the
@@ -30,10 +32,10 @@ from checkpoints_convert.original_layout import complete_combined_export, write_
 from checkpoints_convert.safetensors_io import SINGLE_FILE, write_safetensors
 from jax_tinyr1.model.checkpoint import abstract_model, load_leaf
 from jax_tinyr1.model.config_io import load_model_config
+from jax_tinyr1.model.layers import DTYPES
+from jax_tinyr1.model.registry import MODEL_TYPES, type_of
 
-NP_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16), "float16": np.dtype(np.float16)}
-# --component of a tinyllava checkpoint: (family, sub-config attribute, parameter prefix)
-COMPONENTS = {"llm": ("qwen2", "llm", "llm/"), "vision": ("siglip", "vision", "vision/")}
+NP_DTYPES = {name: np.dtype(ml_dtypes.bfloat16 if name == "bfloat16" else name) for name in DTYPES}
 
 
 class LazyParams(Mapping):
@@ -60,13 +62,14 @@ class LazyParams(Mapping):
         return len(self.shapes)
 
 
-def read_checkpoint(checkpoint: Path, model_type: str, prefix: str = ""):
+def read_checkpoint(checkpoint: Path, model_type: str | None, prefix: str = ""):
     """(config, extra, lazily read flat params on the host CPU) of one of our checkpoints;
     `prefix` keeps the parameters under it (a component), named without it."""
-    found_type, config, extra = load_model_config(checkpoint)
-    if found_type != model_type:
+    config, extra = load_model_config(checkpoint)
+    found_type = type_of(config).name
+    if model_type is not None and found_type != model_type:
         raise ValueError(f"{checkpoint}: holds a {found_type!r} model, not --model-type {model_type!r}")
-    state = nnx.to_pure_dict(nnx.state(abstract_model(model_type, config), nnx.Param))
+    state = nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param))
     cpu = SingleDeviceSharding(jax.devices("cpu")[0])
     abstract = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=cpu), state)
     return config, extra, LazyParams(checkpoint, abstract, prefix)
@@ -79,7 +82,7 @@ def write_hf_dir(out: Path, rules, params: LazyParams, hf_config: dict, dtype: s
 
 
 def convert(
-    model_type: str,
+    model_type: str | None,
     checkpoint: Path,
     out: Path,
     *,
@@ -89,16 +92,19 @@ def convert(
 ) -> None:
     """`tokenizer` (default CHECKPOINT/tokenizer when it exists) goes beside a combined
     tinyllava export, so that the original code loads it as it is."""
-    if component is not None and model_type != "tinyllava":
-        raise ValueError("--component applies to --model-type tinyllava only")
     checkpoint, out = Path(checkpoint), Path(out)
     if tokenizer is not None and not Path(tokenizer).is_dir():
         raise FileNotFoundError(f"--tokenizer {tokenizer}: not a directory")
-    source_type = model_type
-    prefix = ""
-    if component is not None:
-        model_type, attribute, prefix = COMPONENTS[component]
-    full_config, extra, params = read_checkpoint(checkpoint, source_type, prefix)
+    source = type_of(load_model_config(checkpoint)[0])
+    if model_type is not None and model_type != source.name:
+        raise ValueError(f"{checkpoint}: holds a {source.name!r} model, not --model-type {model_type!r}")
+    if component is not None and component not in source.components:
+        raise ValueError(
+            f"--component {component!r}: a {source.name} checkpoint has {sorted(source.components) or 'none'}"
+        )
+    model_type, attribute = source.components[component] if component else (source.name, None)
+    prefix = f"{attribute}/" if attribute else ""
+    full_config, extra, params = read_checkpoint(checkpoint, source.name, prefix)
     dtype = dtype or extra.get("hf_dtype", "float32")
     passthrough = extra.get("hf_passthrough", {})
     config = full_config
@@ -106,7 +112,7 @@ def convert(
         config = getattr(full_config, attribute)
         passthrough = passthrough.get("text_passthrough", {}) if component == "llm" else {}
     family = get_family(model_type)
-    rules = family.rules_with_prefix(config, family.hf_prefixes[0])
+    rules = family.rules_with_prefix(config, family.entry.hf_prefixes[0])
     hf_config = family.config_to_hf(config, dtype, passthrough)
     if model_type == "tinyllava":
         if tokenizer is None and (checkpoint / "tokenizer").is_dir():
@@ -119,7 +125,7 @@ def convert(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model-type", required=True)
+    parser.add_argument("--model-type", default=None, help="a check: must be the type DIR/config.json names")
     parser.add_argument("--checkpoint", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument(
@@ -130,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--component",
-        choices=sorted(COMPONENTS),
+        choices=sorted({c for e in MODEL_TYPES.values() for c in e.components}),
         default=None,
         help="tinyllava only: export just the language model or the vision tower",
     )

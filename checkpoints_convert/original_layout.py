@@ -18,8 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from checkpoints_convert.qwen2 import qwen2_config_to_hf
-from checkpoints_convert.siglip import siglip_config_to_hf
+from checkpoints_convert import qwen2, siglip
 from jax_tinyr1.data.preprocess import MEAN, STD
 from jax_tinyr1.model.tinyllava import TinyLlavaConfig
 
@@ -83,13 +82,13 @@ def complete_combined_export(
     if "llm_model_name_or_path" not in names:
         llm = out / LLM_DIR
         llm.mkdir(parents=True, exist_ok=True)
-        text = qwen2_config_to_hf(config.llm, dtype, passthrough.get("text_passthrough", {}))
+        text = qwen2.config_to_hf(config.llm, dtype, passthrough.get("text_passthrough", {}))
         (llm / "config.json").write_text(json.dumps({**text, "torch_dtype": dtype}, indent=2) + "\n")
         names["llm_model_name_or_path"] = str(llm)
     if "vision_model_name_or_path" not in names:
         vision = out / VISION_DIR
         vision.mkdir(parents=True, exist_ok=True)
-        hf_vision = siglip_config_to_hf(config.vision, dtype, {})
+        hf_vision = siglip.config_to_hf(config.vision, dtype, {})
         (vision / "config.json").write_text(json.dumps({**hf_vision, "torch_dtype": dtype}, indent=2) + "\n")
         write_vision_extras(vision, config.vision.image_size)
         names["vision_model_name_or_path"] = str(vision)

@@ -28,11 +28,11 @@ QWEN2_RULES: list[Rule] = [
 LM_HEAD_RULE = Rule("lm_head.weight", "lm_head", LINEAR)
 
 
-def qwen2_rules(config: Qwen2Config) -> list[Rule]:
+def rules(config: Qwen2Config) -> list[Rule]:
     return QWEN2_RULES + ([] if config.tie_word_embeddings else [LM_HEAD_RULE])
 
 
-def qwen2_ignored_keys(config: Qwen2Config) -> list[str]:
+def ignored_hf_keys(config: Qwen2Config) -> list[str]:
     """A tied model's file may still carry lm_head.weight; HF ignores it, so do we."""
     return [LM_HEAD_RULE.hf] if config.tie_word_embeddings else []
 
@@ -42,7 +42,7 @@ def qwen2_ignored_keys(config: Qwen2Config) -> list[str]:
 PASSTHROUGH_HF_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
-def qwen2_config_from_hf(hf: dict[str, Any], **overrides) -> tuple[Qwen2Config, dict[str, Any]]:
+def config_from_hf(hf: dict[str, Any], **overrides) -> tuple[Qwen2Config, dict[str, Any]]:
     """(our config, pass-through HF fields) from an HF Qwen2 config.json dict."""
     if hf.get("use_sliding_window"):
         raise ValueError("config.json: use_sliding_window=true is not supported")
@@ -73,7 +73,7 @@ def qwen2_config_from_hf(hf: dict[str, Any], **overrides) -> tuple[Qwen2Config, 
     return config, passthrough
 
 
-def qwen2_config_to_hf(config: Qwen2Config, dtype: str, passthrough: dict[str, Any]) -> dict[str, Any]:
+def config_to_hf(config: Qwen2Config, dtype: str, passthrough: dict[str, Any]) -> dict[str, Any]:
     return {
         "architectures": ["Qwen2ForCausalLM"],
         "model_type": "qwen2",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from checkpoints_convert.mapping import CONV2D, IDENTITY, LINEAR, Rule, prefixed
+from checkpoints_convert.mapping import CONV2D, IDENTITY, LINEAR, Rule
 from jax_tinyr1.model.siglip import SiglipConfig
 
 _LAYER = "encoder.layers.{i}."
@@ -44,16 +44,19 @@ _HEAD_RULES = [
     Rule("head.mlp.fc2.weight", "head/fc2_kernel", LINEAR),
     Rule("head.mlp.fc2.bias", "head/fc2_bias"),
 ]
-# The hub's files name every key "vision_model.*"; transformers 5 saves SiglipVisionModel
-# without that prefix. Both import; exports use the hub's form (both versions load it).
-HF_PREFIXES = ("vision_model.", "")
 
 
-def siglip_rules(config: SiglipConfig, hf_prefix: str = HF_PREFIXES[0]) -> list[Rule]:
-    return prefixed(_ENCODER_RULES + (_HEAD_RULES if config.use_head else []), hf_prefix, "")
+def rules(config: SiglipConfig) -> list[Rule]:
+    """Names below the file-level prefix (the registry's `hf_prefixes`: the hub's files name
+    every key "vision_model.*", transformers 5 saves SiglipVisionModel without it)."""
+    return _ENCODER_RULES + (_HEAD_RULES if config.use_head else [])
 
 
-def siglip_config_from_hf(hf: dict[str, Any], **overrides) -> tuple[SiglipConfig, dict[str, Any]]:
+def ignored_hf_keys(config: SiglipConfig) -> list[str]:
+    return []
+
+
+def config_from_hf(hf: dict[str, Any], **overrides) -> tuple[SiglipConfig, dict[str, Any]]:
     if hf.get("hidden_act", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
         raise ValueError(f"config.json: hidden_act {hf['hidden_act']!r} is not supported (gelu_pytorch_tanh)")
     if "vision_config" in hf:  # a full SiglipModel config: take its vision part
@@ -76,7 +79,7 @@ def siglip_config_from_hf(hf: dict[str, Any], **overrides) -> tuple[SiglipConfig
     return config, {}
 
 
-def siglip_config_to_hf(config: SiglipConfig, dtype: str, passthrough: dict[str, Any]) -> dict[str, Any]:
+def config_to_hf(config: SiglipConfig, dtype: str, passthrough: dict[str, Any]) -> dict[str, Any]:
     return {
         "architectures": ["SiglipVisionModel"],
         "model_type": "siglip_vision_model",

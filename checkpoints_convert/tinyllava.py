@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from checkpoints_convert import qwen2, siglip
 from checkpoints_convert.mapping import LINEAR, Rule, prefixed
-from checkpoints_convert.qwen2 import qwen2_config_from_hf, qwen2_config_to_hf, qwen2_ignored_keys, qwen2_rules
-from checkpoints_convert.siglip import siglip_config_from_hf, siglip_config_to_hf, siglip_rules
+from jax_tinyr1.data.template import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from jax_tinyr1.model.connector import ConnectorConfig
-from jax_tinyr1.model.tinyllava import IGNORE_INDEX, IMAGE_TOKEN_INDEX, TinyLlavaConfig
+from jax_tinyr1.model.tinyllava import TinyLlavaConfig
 
 LLM_PREFIX = ("language_model.", "llm/")
 VISION_PREFIX = ("vision_tower._vision_tower.vision_model.", "vision/")
@@ -36,16 +36,16 @@ CONNECTOR_RULES = [
 ]
 
 
-def tinyllava_rules(config: TinyLlavaConfig) -> list[Rule]:
+def rules(config: TinyLlavaConfig) -> list[Rule]:
     return (
-        prefixed(qwen2_rules(config.llm), *LLM_PREFIX)
-        + prefixed(siglip_rules(config.vision, hf_prefix=""), *VISION_PREFIX)
+        prefixed(qwen2.rules(config.llm), *LLM_PREFIX)
+        + prefixed(siglip.rules(config.vision), *VISION_PREFIX)
         + prefixed(CONNECTOR_RULES, *CONNECTOR_PREFIX)
     )
 
 
-def tinyllava_ignored_keys(config: TinyLlavaConfig) -> list[str]:
-    return [LLM_PREFIX[0] + k for k in qwen2_ignored_keys(config.llm)]
+def ignored_hf_keys(config: TinyLlavaConfig) -> list[str]:
+    return [LLM_PREFIX[0] + k for k in qwen2.ignored_hf_keys(config.llm)]
 
 
 # Fields that config_to_hf regenerates; everything else in an imported config.json is kept.
@@ -71,7 +71,7 @@ _GENERATED = (
 )
 
 
-def tinyllava_config_from_hf(hf: dict[str, Any], **overrides) -> tuple[TinyLlavaConfig, dict[str, Any]]:
+def config_from_hf(hf: dict[str, Any], **overrides) -> tuple[TinyLlavaConfig, dict[str, Any]]:
     if hf.get("connector_type", "groupresampler") != "groupresampler":
         raise ValueError(f"config.json: connector_type {hf['connector_type']!r} is not supported (groupresampler)")
     strategy = hf.get("vision_feature_select_strategy", "patch")
@@ -80,8 +80,8 @@ def tinyllava_config_from_hf(hf: dict[str, Any], **overrides) -> tuple[TinyLlava
     for key in ("text_config", "vision_config"):
         if not isinstance(hf.get(key), dict):
             raise ValueError(f"config.json: missing key {key!r} (a dict)")
-    llm, text_passthrough = qwen2_config_from_hf(hf["text_config"], **overrides)
-    vision, _ = siglip_config_from_hf(
+    llm, text_passthrough = qwen2.config_from_hf(hf["text_config"], **overrides)
+    vision, _ = siglip.config_from_hf(
         hf["vision_config"],
         select_layer=int(hf.get("vision_feature_layer", -2)),
         drop_first_patch=strategy == "patch",
@@ -113,7 +113,7 @@ def tinyllava_config_from_hf(hf: dict[str, Any], **overrides) -> tuple[TinyLlava
     return config, passthrough
 
 
-def tinyllava_config_to_hf(config: TinyLlavaConfig, dtype: str, passthrough: dict[str, Any]) -> dict[str, Any]:
+def config_to_hf(config: TinyLlavaConfig, dtype: str, passthrough: dict[str, Any]) -> dict[str, Any]:
     rest = {k: v for k, v in passthrough.items() if k != "text_passthrough"}
     return {
         "tokenizer_model_max_length": 3072,
@@ -128,8 +128,8 @@ def tinyllava_config_to_hf(config: TinyLlavaConfig, dtype: str, passthrough: dic
         "hidden_size": config.llm.hidden_size,
         "image_token_index": config.image_token_index,
         "ignore_index": IGNORE_INDEX,
-        "text_config": qwen2_config_to_hf(config.llm, dtype, passthrough.get("text_passthrough", {})),
-        "vision_config": siglip_config_to_hf(config.vision, dtype, {}),
+        "text_config": qwen2.config_to_hf(config.llm, dtype, passthrough.get("text_passthrough", {})),
+        "vision_config": siglip.config_to_hf(config.vision, dtype, {}),
         "vision_feature_layer": config.vision.select_layer,
         "vision_feature_select_strategy": "patch" if config.vision.drop_first_patch else "cls_patch",
         "vision_hidden_size": config.vision.hidden_size,

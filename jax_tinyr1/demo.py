@@ -62,9 +62,9 @@ SIZES = {"full": Sizes(), "quick": Sizes(base=24, base_epochs=1, cold=8, cold_ep
 
 def initial_model(out: Path) -> Path:
     """The tiny TinyLLaVA-Video at random initialization (see LATENTS_INIT_STD)."""
-    model = build_model("tinyllava", get_preset("tinyllava-video-tiny"), seed=0)
+    model = build_model(get_preset("tinyllava-video-tiny"), seed=0)
     model.connector.latents[...] = model.connector.latents[...] * LATENTS_INIT_STD
-    save_pretrained(out, model, "tinyllava")
+    save_pretrained(out, model)
     return out
 
 
@@ -135,10 +135,10 @@ def run(out: Path, *, quick: bool = False, sizes: Sizes | None = None, overrides
     print("3/6 SFT model: SFT on option answers", flush=True)
     tok = out / "tokenizer"
     init = initial_model(out / "init")
-    base = train(sft_config(out / "base", out / "base_data", init, n.base_epochs, n.base_lr, tok, n.batch), sft=True)
+    base = train(sft_config(out / "base", out / "base_data", init, n.base_epochs, n.base_lr, tok, n.batch), stage="sft")
     lap("sft")
     print("4/6 ColdStart: SFT on reasoning samples", flush=True)
-    cold = train(sft_config(out / "coldstart", out / "data", base, n.cold_epochs, n.cold_lr, tok), sft=True)
+    cold = train(sft_config(out / "coldstart", out / "data", base, n.cold_epochs, n.cold_lr, tok), stage="sft")
     lap("coldstart")
     print("5/6 R1: GRPO", flush=True)
     grpo_config = load_config(
@@ -152,7 +152,7 @@ def run(out: Path, *, quick: bool = False, sizes: Sizes | None = None, overrides
             *overrides,
         ],
     )
-    r1 = train(grpo_config, sft=False)
+    r1 = train(grpo_config, stage="grpo")
     lap("grpo")
     print("6/6 evaluation on held-out clips", flush=True)
     max_new = grpo_config.sampling.max_new_tokens

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_tinyr1.grpo import OBJECTIVE_PRESETS, group_advantages, grpo_loss, k3_kl
+from jax_tinyr1.grpo.advantages import group_advantages
+from jax_tinyr1.grpo.loss import OBJECTIVE_PRESETS, grpo_loss, k3_kl
 
 
 def _batch(seed=0, b=4, t=6):
@@ -189,7 +190,7 @@ def test_advantage_noise_statistics_and_determinism():
 
 
 def test_optimizer_schedules():
-    from jax_tinyr1.grpo.step import OptimizerConfig, make_optimizer
+    from jax_tinyr1.update.optimizer import OptimizerConfig, make_optimizer
 
     params = {"w": jnp.zeros(3)}
     grads = {"w": jnp.ones(3)}

@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jax_tinyr1.grpo import OBJECTIVE_PRESETS
-from jax_tinyr1.grpo.sampling import SamplingConfig
-from jax_tinyr1.grpo.step import Batch, GRPOConfig, OptimizerConfig
+from jax_tinyr1.data.template import IMAGE_TOKEN_INDEX
+from jax_tinyr1.generate.sampling import SamplingConfig
+from jax_tinyr1.grpo.config import GRPOConfig
+from jax_tinyr1.grpo.loss import OBJECTIVE_PRESETS
 from jax_tinyr1.grpo.trainer import GRPOTrainer
-from jax_tinyr1.model import IMAGE_TOKEN_INDEX, build_model, get_preset
+from jax_tinyr1.grpo.update import Batch
+from jax_tinyr1.model import build_model, get_preset
 from jax_tinyr1.model.sharding import make_mesh
+from jax_tinyr1.update.optimizer import OptimizerConfig
 
 CONFIG = GRPOConfig(
     objective=OBJECTIVE_PRESETS["paper"],
@@ -24,7 +27,7 @@ CONFIG = GRPOConfig(
 
 
 def _model():
-    return build_model("tinyllava", get_preset("tinyllava-video-tiny"), seed=0)
+    return build_model(get_preset("tinyllava-video-tiny"), seed=0)
 
 
 def _batch(trainer):

@@ -13,11 +13,13 @@ from flax import nnx
 
 from jax_tinyr1.data.template import grpo_question, prompt_ids
 from jax_tinyr1.data.tokenizer import build_tokenizer
-from jax_tinyr1.grpo import OBJECTIVE_PRESETS
-from jax_tinyr1.grpo.sampling import SamplingConfig
-from jax_tinyr1.grpo.step import Batch, GRPOConfig, OptimizerConfig
+from jax_tinyr1.generate.sampling import SamplingConfig
+from jax_tinyr1.grpo.config import GRPOConfig
+from jax_tinyr1.grpo.loss import OBJECTIVE_PRESETS
 from jax_tinyr1.grpo.trainer import GRPOTrainer
+from jax_tinyr1.grpo.update import Batch
 from jax_tinyr1.model import build_model, get_preset
+from jax_tinyr1.update.optimizer import OptimizerConfig
 
 QUESTION = "Which letter?\nA. first\nB. second\nC. third\nD. fourth"
 
@@ -37,7 +39,7 @@ def test_grpo_raises_the_reward_on_a_toy_task(tmp_path):
         optimizer=OptimizerConfig(learning_rate=1e-3, warmup_ratio=0.0, total_steps=1000),
         group_size=8,
     )
-    model = build_model("tinyllava", get_preset("tinyllava-video-tiny"), seed=0)
+    model = build_model(get_preset("tinyllava-video-tiny"), seed=0)
     cold_start = dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer, learning_rate=1e-2))
     trainer = GRPOTrainer(model, cold_start, tokenizer=tokenizer)
     prompts = np.asarray([ids, ids])
@@ -92,9 +94,7 @@ def test_mu_two_uses_real_old_policy_log_probs(tmp_path):
         group_size=4,
         updates_per_rollout=2,
     )
-    trainer = GRPOTrainer(
-        build_model("tinyllava", get_preset("tinyllava-video-tiny"), seed=1), config, tokenizer=tokenizer
-    )
+    trainer = GRPOTrainer(build_model(get_preset("tinyllava-video-tiny"), seed=1), config, tokenizer=tokenizer)
     pixels = np.random.RandomState(0).uniform(-1, 1, (2, 4, 16, 16, 3)).astype(np.float32)
     prompts = np.asarray([ids, ids])
     metrics = trainer.step(prompts, np.ones_like(prompts), pixels, ["A", "C"], jax.random.key(3))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_tinyr1.grpo.logprobs import chunked_token_logps
 from jax_tinyr1.model import build_model, get_preset
+from jax_tinyr1.update.logprobs import chunked_token_logps
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 7, 64])
@@ -32,7 +32,7 @@ def test_rematerialised_layers_give_the_same_gradients():
     ids = jnp.asarray(np.random.RandomState(1).randint(0, 512, (2, 9)))
     grads = []
     for remat in (False, True):
-        model = build_model("qwen2", dataclasses.replace(get_preset("qwen2-tiny"), remat=remat), seed=2)
+        model = build_model(dataclasses.replace(get_preset("qwen2-tiny"), remat=remat), seed=2)
         graphdef, state = nnx.split(model)
         params = nnx.to_pure_dict(state)
 

@@ -26,11 +26,12 @@ def _tensors(directory):
 @pytest.mark.parametrize("tied", [True, False])
 def test_round_trip_is_bit_exact(tmp_path, dtype, tied):
     random_qwen2(tmp_path / "hf", dtype=dtype, tie_word_embeddings=tied)
-    hf_to_flax.main(["--model-type", "qwen2", "--hf-dir", str(tmp_path / "hf"), "--out", str(tmp_path / "fx")])
+    # The model type comes from config.json; --model-type is a check.
+    with pytest.raises(ValueError, match=r"holds a 'qwen2' model, not --model-type 'siglip'"):
+        hf_to_flax.main(["--model-type", "siglip", "--hf-dir", str(tmp_path / "hf"), "--out", str(tmp_path / "fx")])
+    hf_to_flax.main(["--hf-dir", str(tmp_path / "hf"), "--out", str(tmp_path / "fx")])
     name = "bfloat16" if dtype == torch.bfloat16 else "float32"
-    flax_to_hf.main(
-        ["--model-type", "qwen2", "--checkpoint", str(tmp_path / "fx"), "--out", str(tmp_path / "hf2"), "--dtype", name]
-    )
+    flax_to_hf.main(["--checkpoint", str(tmp_path / "fx"), "--out", str(tmp_path / "hf2"), "--dtype", name])
     before, after = _tensors(tmp_path / "hf"), _tensors(tmp_path / "hf2")
     assert sorted(before) == sorted(after)
     assert ("lm_head.weight" in after) != tied
@@ -180,7 +181,7 @@ def test_load_pretrained_api(tmp_path):
 
 @pytest.mark.parametrize("preset, count", [("qwen2.5-3b", 3_085_938_688), ("qwen2.5-0.5b", 494_032_768)])
 def test_preset_parameter_counts_without_allocation(preset, count):
-    state = nnx.state(abstract_model("qwen2", get_preset(preset)), nnx.Param)
+    state = nnx.state(abstract_model(get_preset(preset)), nnx.Param)
     leaves = jax.tree.leaves(nnx.to_pure_dict(state))
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
     assert sum(int(np.prod(x.shape)) for x in leaves) == count

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jax_tinyr1.generate.cpu_decode import decode_step, decode_weights
 from jax_tinyr1.model import KVCache, build_model, get_preset
-from jax_tinyr1.model.qwen2_decode import decode_step, decode_weights
 
 
 def _model():
-    return build_model("qwen2", get_preset("qwen2-tiny-untied"), seed=3)
+    return build_model(get_preset("qwen2-tiny-untied"), seed=3)
 
 
 def rel(a, b):
@@ -77,7 +77,7 @@ def test_decode_step_traces_once():
 @pytest.mark.parametrize("preset", ["qwen2-tiny", "qwen2-tiny-untied"])
 def test_cpu_decode_step_equals_scanned_layers(preset):
     """After a right-padded prefill, `decode_step` gives the scanned layers' logits and cache."""
-    model = build_model("qwen2", get_preset(preset), seed=4)
+    model = build_model(get_preset(preset), seed=4)
     rng = np.random.RandomState(2)
     lengths = np.array([7, 3, 5])
     prompt = rng.randint(1, 512, (3, 7))

@@ -9,8 +9,8 @@ import torch
 from flax import nnx
 from hf_reference import convert_and_load, random_qwen2
 
-from jax_tinyr1.grpo.rollout import completion_mask_from_tokens, left_align, make_sampler
-from jax_tinyr1.grpo.sampling import SamplingConfig, filter_logits, sample_tokens
+from jax_tinyr1.generate.sampler import completion_mask_from_tokens, left_align, make_sampler
+from jax_tinyr1.generate.sampling import SamplingConfig, filter_logits, sample_tokens
 
 EOS = 3
 
@@ -141,7 +141,7 @@ def test_left_align_and_completion_mask():
 
 
 def test_top_k_threshold_equals_lax_top_k():
-    from jax_tinyr1.grpo.sampling import BLOCK, top_k_threshold
+    from jax_tinyr1.generate.sampling import BLOCK, top_k_threshold
 
     rng = np.random.RandomState(0)
     v = 40 * BLOCK + 17  # 41 blocks, the last one padded
@@ -164,7 +164,7 @@ def test_top_k_threshold_equals_lax_top_k():
 
 
 def test_sampling_never_draws_a_filtered_token_and_matches_block_weights():
-    from jax_tinyr1.grpo.sampling import BLOCK, sample_from_weights
+    from jax_tinyr1.generate.sampling import BLOCK, sample_from_weights
 
     v = 3 * BLOCK + 5
     weights = np.zeros((1, v), np.float32)

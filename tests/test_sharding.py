@@ -18,11 +18,11 @@ def test_eight_host_devices_are_configured():
 def test_parameters_follow_the_rules_table_on_fsdp8():
     mesh = make_mesh(fsdp=8)
     config = get_preset("qwen2-tiny-untied")
-    reference = build_model("qwen2", config, seed=7)
+    reference = build_model(config, seed=7)
     ids = jnp.asarray(np.random.RandomState(0).randint(0, 512, (8, 10)))
     expected = np.asarray(reference(ids))
 
-    model = shard_model(build_model("qwen2", config, seed=7), mesh)
+    model = shard_model(build_model(config, seed=7), mesh)
     state = nnx.state(model, nnx.Param)
     for path, var in nnx.to_flat_state(state):
         axes = var.get_metadata()["axes"]

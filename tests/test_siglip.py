@@ -73,7 +73,7 @@ def test_export_loads_in_transformers_with_every_weight(tmp_path):
 
 
 def test_so400m_parameter_count_includes_head_and_post_layernorm():
-    state = nnx.state(abstract_model("siglip", get_preset("siglip-so400m-384")), nnx.Param)
+    state = nnx.state(abstract_model(get_preset("siglip-so400m-384")), nnx.Param)
     assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.to_pure_dict(state))) == 428_225_600
     config = get_preset("siglip-so400m-384")
     assert config.num_patches == 729 and config.tokens_per_frame == 728 and config.layers_to_run == 26

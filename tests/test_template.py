@@ -2,9 +2,15 @@
 
 import pytest
 
-from jax_tinyr1.data.template import grpo_question, prompt_ids, render_prompt, sft_example
+from jax_tinyr1.data.template import (
+    IGNORE_INDEX,
+    IMAGE_TOKEN_INDEX,
+    grpo_question,
+    prompt_ids,
+    render_prompt,
+    sft_example,
+)
 from jax_tinyr1.data.tokenizer import build_tokenizer, load_tokenizer
-from jax_tinyr1.model.tinyllava import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 PROBLEM = "What does the red square do?\nA. moves left\nB. moves right\nC. stays\nD. spins"
 EXPECTED_GRPO_PROMPT = (

@@ -15,7 +15,8 @@ from hf_reference import relative_error, torch_logits
 from torch_reference import TorchTinyLlava, nchw
 
 from checkpoints_convert import flax_to_hf, hf_to_flax
-from jax_tinyr1.model import IMAGE_TOKEN_INDEX, abstract_model, get_preset, load_pretrained
+from jax_tinyr1.data.template import IMAGE_TOKEN_INDEX
+from jax_tinyr1.model import abstract_model, get_preset, load_pretrained
 from jax_tinyr1.model.tinyllava import splice_tokens
 
 TEXT = dict(
@@ -210,8 +211,10 @@ def test_component_exports_load_in_transformers(converted, tmp_path):
     with torch.no_grad():
         expected = vision.eval()(nchw(pixels), output_hidden_states=True).hidden_states[-2][:, 1:].numpy()
     assert relative_error(np.asarray(model.vision(jnp.asarray(pixels))), expected) <= 1e-5
-    with pytest.raises(ValueError, match="tinyllava only"):
+    with pytest.raises(ValueError, match=r"holds a 'tinyllava' model, not --model-type 'qwen2'"):
         flax_to_hf.convert("qwen2", root / "fx", tmp_path / "x", component="llm")
+    with pytest.raises(ValueError, match=r"--component 'connector': a tinyllava checkpoint has \['llm', 'vision'\]"):
+        flax_to_hf.convert(None, root / "fx", tmp_path / "x", component="connector")
 
 
 def test_missing_connector_tensor_is_named(converted, tmp_path):
@@ -224,7 +227,7 @@ def test_missing_connector_tensor_is_named(converted, tmp_path):
 
 
 def test_3b_preset_parameter_counts():
-    model = abstract_model("tinyllava", get_preset("tinyllava-video-3b"))
+    model = abstract_model(get_preset("tinyllava-video-3b"))
 
     def count(module):
         return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.to_pure_dict(nnx.state(module, nnx.Param))))

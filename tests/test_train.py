@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jax_tinyr1.data.answers import parse_prediction
 from jax_tinyr1.data.formats import Record
 from jax_tinyr1.data.synthetic import generate
 from jax_tinyr1.data.tokenizer import build_tokenizer
-from jax_tinyr1.eval.scoring import format_table, parse_prediction, score
+from jax_tinyr1.eval.scoring import format_table, score
 from jax_tinyr1.train.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -355,7 +356,7 @@ def test_eval_entry_point_on_generated_mvbench_and_mmvu_sets(tiny_run_data, tmp_
         )
     )
     checkpoint = tmp_path / "model"
-    save_pretrained(checkpoint, build_model("tinyllava", get_preset("tinyllava-video-tiny"), seed=0), "tinyllava")
+    save_pretrained(checkpoint, build_model(get_preset("tinyllava-video-tiny"), seed=0))
     for name, data in (("mvbench", bench), ("mmvu", mmvu)):
         out = _run(
             [

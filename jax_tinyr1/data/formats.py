@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import json
 import re
-import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jax_tinyr1.data.answers import LETTERS, label_letter, option_lines
 from jax_tinyr1.data.policy import BadInputPolicy, DataError
 from jax_tinyr1.data.template import REASONING_SUFFIX
-from jax_tinyr1.rewards.accuracy import answer_content
 
 _OPTION_LINE = re.compile(r"^\s*\(?([A-Z])[.)]\s*(.*\S)?\s*$")
-LETTERS = string.ascii_uppercase
 
 
 @dataclass(frozen=True)
@@ -63,14 +61,8 @@ def _check_answer(answer: str | None, options: tuple[str, ...], where: str) -> s
     return answer
 
 
-def _letter_of(label: str) -> str | None:
-    inner = answer_content(label)
-    text = (label if inner is None else inner).strip()
-    return text[:1].upper() if text[:1].isalpha() else None
-
-
 def _with_options(question: str, options: tuple[str, ...]) -> str:
-    return question.strip() + "\n" + "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+    return question.strip() + "\n" + option_lines(options)
 
 
 # -- readers of the raw containers -----------------------------------------------------------
@@ -123,7 +115,7 @@ def _grpo_item(item, where):
     if len(video) < 2 or video[1] != "/":
         raise DataError(f"{where}: video_filename {video!r} lacks the one-character prefix before '/'")
     options = parse_options(item["problem"])
-    answer = _check_answer(_letter_of(str(item["solution"])), options, where)
+    answer = _check_answer(label_letter(str(item["solution"])), options, where)
     return Record(
         video=video[2:],
         question=item["problem"],
@@ -150,7 +142,7 @@ def _cold_start_item(item, where):
     question = human.replace("<image>", "").strip()
     options = parse_options(question.removesuffix(REASONING_SUFFIX))  # the instruction is not an option
     # A question without option lines is an open-ended sample (a caption): no letter to check.
-    answer = _check_answer(_letter_of(gpt), options, where) if options else ""
+    answer = _check_answer(label_letter(gpt), options, where) if options else ""
     return Record(
         video=str(item["video"]),
         question=question,

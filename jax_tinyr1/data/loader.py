@@ -22,7 +22,7 @@ import numpy as np
 from jax_tinyr1.data.formats import Record
 from jax_tinyr1.data.policy import BadInputPolicy, DataError, resolve_inside
 from jax_tinyr1.data.preprocess import preprocess_frames
-from jax_tinyr1.data.template import eos_id, grpo_question, prompt_ids
+from jax_tinyr1.data.template import eos_id, grpo_question, pad_id, prompt_ids
 from jax_tinyr1.data.video import VideoDecodeError, read_frames
 from jax_tinyr1.derived import derived
 
@@ -117,7 +117,7 @@ def collate(
 ) -> dict[str, Any]:
     """Right-pad prompt and response ids to the given widths (else to a multiple of
     `multiple`); stack pixels."""
-    ids, mask = _pad([s["prompt_ids"] for s in samples], pad_id, multiple, prompt_width)
+    ids, mask = pad_rows([s["prompt_ids"] for s in samples], pad_id, multiple, prompt_width)
     batch = {
         "prompt_ids": ids,
         "prompt_mask": mask,
@@ -126,13 +126,15 @@ def collate(
         "ids": [s["id"] for s in samples],
     }
     if all("response_ids" in s for s in samples):
-        batch["response_ids"], batch["response_mask"] = _pad(
+        batch["response_ids"], batch["response_mask"] = pad_rows(
             [s["response_ids"] for s in samples], pad_id, multiple, response_width
         )
     return batch
 
 
-def _pad(rows: list[np.ndarray], pad_id: int, multiple: int = 1, width: int | None = None):
+def pad_rows(rows: list, pad_id: int, multiple: int = 1, width: int | None = None):
+    """(ids, mask) [rows, width] of right-padded token rows; `width` None: the longest row
+    rounded up to a multiple of `multiple`."""
     width = width or -(-max(len(r) for r in rows) // multiple) * multiple
     ids = np.full((len(rows), width), pad_id, np.int32)
     mask = np.zeros((len(rows), width), np.int32)
@@ -177,7 +179,7 @@ class VideoQALoader:
         if not records:
             raise DataError("the data set has no usable records")
         self.config, self.policy = config, BadInputPolicy(config.bad_input)
-        self.pad_id = tokenizer.pad_token_id
+        self.pad_id = pad_id(tokenizer)
         order = process_order(len(records), config, process_index, process_count)
         if not len(order):
             raise DataError(f"{len(records)} records fill no global batch of {config.batch_size} x {process_count}")

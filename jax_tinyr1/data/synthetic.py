@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import string
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from jax_tinyr1.data.answers import LETTERS, option_lines
 from jax_tinyr1.data.template import grpo_question
 
 COLOURS = {
@@ -32,7 +32,7 @@ COLOURS = {
 DIRECTIONS = ("left", "right", "up", "down")
 KINDS = ("direction", "first_appearance", "count", "colour_change")  # the default mix
 EXTRA_KINDS = ("screen_colour",)  # the whole frame changes colour: visible at any resolution
-LETTERS = string.ascii_uppercase
+
 BACKGROUND = 40
 STAMP_ROWS = 4  # the bottom rows hold the frame index
 # Openings of the generated reasoning, of different lengths: the cold-start model then writes
@@ -233,7 +233,7 @@ def generate(
         reasoning = PREAMBLES[rng.integers(len(PREAMBLES))] + reasoning
         name = f"videos/clip_{i:05d}.{extension}"
         write_video(out / name, video, codec=codec)
-        problem = question + "\n" + "\n".join(f"{LETTERS[k]}. {o}" for k, o in enumerate(options))
+        problem = question + "\n" + option_lines(options)
         letter = LETTERS[answer_index]
         if i < n:
             rows.append(

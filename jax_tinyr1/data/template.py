@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jax_tinyr1.model.tinyllava import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-
 IMAGE_TOKEN = "<image>"
+IMAGE_TOKEN_INDEX = -200  # the placeholder id the model replaces with the visual tokens
+IGNORE_INDEX = -100  # a label that is not supervised
+# Qwen's end of text: the end of every response, and the padding of every batch (the
+# padded positions are masked, so any id would do; one id means one source).
 EOS_TOKEN = "<|endoftext|>"
 SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
@@ -73,7 +75,13 @@ def sft_example(tokenizer, question: str, answer: str) -> Example:
 
 
 def eos_id(tokenizer) -> int:
+    """The id that ends a response (and stops sampling)."""
     token = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
     if token is None or token == tokenizer.unk_token_id:
         raise ValueError(f"the tokenizer has no {EOS_TOKEN} token")
     return int(token)
+
+
+def pad_id(tokenizer) -> int:
+    """The id batches are padded with: the end-of-text id, as the original pads Qwen."""
+    return eos_id(tokenizer)

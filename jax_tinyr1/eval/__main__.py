@@ -22,14 +22,15 @@ import numpy as np
 from flax import nnx
 
 from jax_tinyr1.data.formats import read_grpo_jsonl, read_mlvu, read_mmvu, read_mvbench, read_videomme_parquet
+from jax_tinyr1.data.loader import LoaderConfig, pad_rows
 from jax_tinyr1.data.policy import BadInputPolicy, DataError, resolve_inside
 from jax_tinyr1.data.preprocess import preprocess_frames
-from jax_tinyr1.data.template import grpo_question, prompt_ids
+from jax_tinyr1.data.template import eos_id, grpo_question, pad_id, prompt_ids
 from jax_tinyr1.data.tokenizer import load_tokenizer
 from jax_tinyr1.data.video import VideoDecodeError, read_frames
 from jax_tinyr1.eval.scoring import BENCHMARKS, format_table, score
-from jax_tinyr1.grpo.rollout import generate
-from jax_tinyr1.grpo.sampling import SamplingConfig
+from jax_tinyr1.generate.sampler import generate
+from jax_tinyr1.generate.sampling import SamplingConfig
 from jax_tinyr1.model import load_pretrained
 
 
@@ -53,11 +54,9 @@ def load_records(benchmark: str, data: Path, policy: BadInputPolicy):
 class Generator:
     """Greedy completions for batches of (prompt ids, frames); one compilation per shape bucket."""
 
-    def __init__(self, model, max_new_tokens: int, eos_id: int):
+    def __init__(self, model, max_new_tokens: int, eos: int, pad: int):
         self.graphdef, self.state = nnx.split(model)
-        self.sampling = SamplingConfig(
-            max_new_tokens=max_new_tokens, temperature=0.0, top_k=0, eos_id=eos_id, pad_id=eos_id
-        )
+        self.sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, top_k=0, eos_id=eos, pad_id=pad)
 
         def run(state, ids, mask, pixels):
             model = nnx.merge(self.graphdef, state)
@@ -85,7 +84,8 @@ def evaluate(
 ) -> tuple[list, list[str]]:
     """Greedy outputs for `records`; `reasoning_prompt=False` asks the plain question (how an
     SFT model without reasoning training is evaluated)."""
-    generator = Generator(model, max_new_tokens, tokenizer.eos_token_id)
+    generator = Generator(model, max_new_tokens, eos_id(tokenizer), pad_id(tokenizer))
+    pad_multiple = LoaderConfig.pad_multiple  # the training loader's length buckets
     kept, outputs = [], []
     for start in range(0, len(records), batch_size):
         chunk, ids, frames = [], [], []
@@ -100,15 +100,11 @@ def evaluate(
             frames.append(preprocess_frames(video, config.vision.image_size))
         if not chunk:
             continue
-        rows = batch_size  # fixed batch and a 32-token length bucket: few compilations
-        width = -(-max(map(len, ids)) // 32) * 32
-        id_array = np.full((rows, width), tokenizer.pad_token_id, np.int32)
-        mask = np.zeros((rows, width), np.int32)
-        pixels = np.zeros((rows, *frames[0].shape), np.float32)
-        for i, (row, f) in enumerate(zip(ids, frames, strict=True)):
-            id_array[i, : len(row)], mask[i, : len(row)], pixels[i] = row, 1, f
-        for i in range(len(ids), rows):  # filler rows repeat the first prompt
-            id_array[i], mask[i], pixels[i] = id_array[0], mask[0], pixels[0]
+        # A fixed batch (filler rows repeat the first prompt) and the loader's length buckets:
+        # few compilations.
+        fill = batch_size - len(ids)
+        id_array, mask = pad_rows(ids + [ids[0]] * fill, pad_id(tokenizer), pad_multiple)
+        pixels = np.stack(frames + [frames[0]] * fill)
         tokens, cmask = (np.asarray(x) for x in generator(id_array, mask, pixels))
         for i, record in enumerate(chunk):
             kept.append(record)

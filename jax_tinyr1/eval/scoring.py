@@ -1,4 +1,4 @@
-"""Answer parsing and benchmark scores: MVBench micro average over its tasks, MLVU macro
+"""Benchmark scores: MVBench micro average over its tasks, MLVU macro
 average over tasks, Video-MME overall and per duration, MMVU overall (multiple choice).
 
 An output with no parseable option letter counts as wrong and is reported as unparsed; the
@@ -7,21 +7,13 @@ original's random guess for such outputs is available (`random_fallback`) for co
 from __future__ import annotations
 
 import random
-import string
 from collections import defaultdict
 from collections.abc import Sequence
 
+from jax_tinyr1.data.answers import LETTERS, parse_prediction
 from jax_tinyr1.data.formats import Record
-from jax_tinyr1.rewards.accuracy import answer_content, parse_option_letter
 
 BENCHMARKS = ("mvbench", "videomme", "mlvu", "mmvu", "jsonl")
-
-
-def parse_prediction(text: str, num_options: int, *, tagged: bool = True) -> str | None:
-    """The option letter inside <answer>...</answer>, or None. `tagged=False` reads the whole
-    text as the answer (a model asked the plain question answers with the letter alone)."""
-    content = answer_content(text) if tagged else text
-    return None if content is None else parse_option_letter(content, string.ascii_uppercase[:num_options])
 
 
 def score(
@@ -45,7 +37,7 @@ def score(
         if prediction is None:
             unparsed += 1
             if random_fallback:
-                prediction = string.ascii_uppercase[rng.randrange(len(record.options))]
+                prediction = LETTERS[rng.randrange(len(record.options))]
         correct = prediction == record.answer
         correct_total += correct
         group = record.meta.get("duration") if benchmark == "videomme" else record.meta.get("task", benchmark)

@@ -1,6 +1,3 @@
-"""GRPO: advantages, the objective, and (later) rollout and the train step."""
-
-from jax_tinyr1.grpo.advantages import group_advantages
-from jax_tinyr1.grpo.loss import OBJECTIVE_PRESETS, ObjectiveConfig, grpo_loss, k3_kl
-
-__all__ = ["OBJECTIVE_PRESETS", "ObjectiveConfig", "group_advantages", "grpo_loss", "k3_kl"]
+"""The GRPO stage (paper section 3): group advantages, the objective and its ablation
+variants, the stage's config and update, and the trainer's step (rollout -> rewards ->
+advantages -> updates)."""

@@ -1,10 +1,7 @@
-"""The host side of a GRPO step: encode videos -> sample G completions per prompt -> decode
--> rewards -> group advantages -> mu updates -> metrics (named as TRL names them).
-
-Several processes may drive one mesh: each passes its own block of the global batch; the
-small host-side pieces (prompt ids, labels, sampled tokens) are gathered so that every process
-computes the same rewards and advantages, and the videos go straight to the devices of the
-process that read them (see `multihost`)."""
+"""The GRPO stage's step: encode videos -> sample G completions per prompt -> decode ->
+rewards -> group advantages -> reference (and old-policy) log-probs -> mu updates -> metrics
+(named as TRL names them). With several processes, every one computes the same rewards and
+advantages from the gathered completions (see `update.trainer`)."""
 
 from __future__ import annotations
 
@@ -17,44 +14,24 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jax_tinyr1.grpo import multihost
+from jax_tinyr1.generate.sampler import Rollout, generate
 from jax_tinyr1.grpo.advantages import group_advantages
-from jax_tinyr1.grpo.rollout import Rollout, generate
-from jax_tinyr1.grpo.step import (
-    Batch,
-    GRPOConfig,
-    batch_shardings,
-    jit_update,
-    make_logps,
-    make_optimizer,
-    make_update,
-    opt_state_shardings,
-    param_shardings,
-    split_params,
-)
-from jax_tinyr1.model.sharding import make_mesh
+from jax_tinyr1.grpo.config import GRPOConfig
+from jax_tinyr1.grpo.update import Batch, make_grpo_update, make_logps
 from jax_tinyr1.rewards import RewardConfig, batch_rewards
-
-
-def encode_program(vision_graphdef):
-    """(trainable, frozen, pixels [B, F, H, W, 3]) -> frozen vision features [B, F * tokens,
-    width], once per prompt and step (no gradient)."""
-
-    def encode(trainable, frozen, pixels_bfhwc):
-        vision = nnx.merge(vision_graphdef, {**frozen, **trainable}["vision"])
-        b, f = pixels_bfhwc.shape[:2]
-        feats = vision(pixels_bfhwc.reshape(b * f, *pixels_bfhwc.shape[2:]))
-        return jax.lax.stop_gradient(feats.reshape(b, f * feats.shape[1], feats.shape[2]))
-
-    return encode
+from jax_tinyr1.update import multihost
+from jax_tinyr1.update.params import visual_tokens
+from jax_tinyr1.update.trainer import Trainer
 
 
 def rollout_program(graphdef, config: GRPOConfig, decode_path: str = "auto"):
-    """(trainable, frozen, prompt ids, mask, features, key) -> G sampled completions per prompt."""
+    """(trainable, frozen, prompt ids, mask, vision input, key) -> G sampled completions per
+    prompt."""
 
-    def rollout(trainable, frozen, prompt_ids, prompt_mask, features, key) -> Rollout:
+    def rollout(trainable, frozen, prompt_ids, prompt_mask, vision_input, key) -> Rollout:
         model = nnx.merge(graphdef, {**frozen, **trainable})
-        embeds, mask = model.embed_inputs(prompt_ids, prompt_mask, model.connector(features))
+        visual = visual_tokens(model, vision_input, config.trainable, prompt_ids.shape[0])
+        embeds, mask = model.embed_inputs(prompt_ids, prompt_mask, visual)
         return generate(model.llm, embeds, mask, key, config.sampling, config.group_size, decode_path=decode_path)
 
     return rollout
@@ -69,9 +46,7 @@ def reference_copy(trainable: dict, config: GRPOConfig) -> dict | None:
     return jax.tree.map(lambda x: x.astype(dtype) if x.dtype != dtype else jnp.copy(x), trainable)
 
 
-class GRPOTrainer:
-    """Owns the sharded parameters, the optimizer state and the compiled functions."""
-
+class GRPOTrainer(Trainer):
     def __init__(
         self,
         model: nnx.Module,
@@ -81,65 +56,22 @@ class GRPOTrainer:
         tokenizer=None,
         reward_config: RewardConfig = RewardConfig(),
     ):
-        self.config, self.tokenizer, self.reward_config = config, tokenizer, reward_config
-        self.mesh = mesh or make_mesh(devices=jax.devices()[:1])
-        state = nnx.state(model)
-        self.graphdef, trainable, frozen = split_params(model, config.trainable)
-        frozen_parts = tuple(frozen)
-        self.shardings = {
-            "trainable": param_shardings(state, self.mesh, config.trainable),
-            "frozen": param_shardings(state, self.mesh, frozen_parts),
-        }
-        self.trainable = jax.device_put(trainable, self.shardings["trainable"])
-        self.frozen = jax.device_put(frozen, self.shardings["frozen"])
-        self.optimizer = make_optimizer(config.optimizer)
-        abstract_opt = jax.eval_shape(self.optimizer.init, self.trainable)
-        self.shardings["opt_state"] = opt_state_shardings(
-            self.optimizer, abstract_opt, self.shardings["trainable"], self.mesh
+        super().__init__(
+            model, trainable=config.trainable, optimizer=config.optimizer, pad_id=config.sampling.pad_id, mesh=mesh
         )
-        self.opt_state = jax.jit(self.optimizer.init, out_shardings=self.shardings["opt_state"])(self.trainable)
+        self.config, self.tokenizer, self.reward_config = config, tokenizer, reward_config
         self.reference = reference_copy(self.trainable, config)
-        self._update = make_update(self.graphdef, config, self.optimizer)
-        self._jitted_update = None
-        self._reshard_cache = {}
+        self._update = make_grpo_update(self.graphdef, config, self.optimizer)
         self._logps = jax.jit(make_logps(self.graphdef, config))
-        self._encode = jax.jit(encode_program(nnx.graphdef(model.vision)))
         self._rollout = jax.jit(rollout_program(self.graphdef, config))
-        self.step_count = 0
 
-    def encode(self, pixels_bfhwc) -> jax.Array:
-        with jax.set_mesh(self.mesh):  # activations follow the data-parallel axes
-            return self._encode(self.trainable, self.frozen, pixels_bfhwc)
-
-    def rollout(self, prompt_ids, prompt_mask, features, key) -> Rollout:
+    def rollout(self, prompt_ids, prompt_mask, vision_input, key) -> Rollout:
         with jax.set_mesh(self.mesh):
-            return self._rollout(self.trainable, self.frozen, prompt_ids, prompt_mask, features, key)
+            return self._rollout(self.trainable, self.frozen, prompt_ids, prompt_mask, vision_input, key)
 
     def logps(self, trainable, batch: Batch) -> jax.Array:
         with jax.set_mesh(self.mesh):
             return self._logps(trainable, self.frozen, batch)
-
-    def update(self, batch: Batch):
-        if self._jitted_update is None:
-            self._jitted_update = jit_update(self._update, self.mesh, self.shardings, batch)
-        batch = self._reshard(batch, batch_shardings(self.mesh, batch))
-        with jax.set_mesh(self.mesh):
-            self.trainable, self.opt_state, metrics = self._jitted_update(
-                self.trainable, self.frozen, self.opt_state, batch
-            )
-        return metrics
-
-    def _reshard(self, tree, shardings):
-        """Place (possibly multi-host) arrays on the given shardings (a no-op where they are);
-        one compiled identity per sharding layout."""
-        move = self._reshard_cache.get(shardings)
-        if move is None:
-            move = self._reshard_cache[shardings] = jax.jit(lambda t: t, out_shardings=shardings)
-        return move(tree)
-
-    def global_rows(self, *local: np.ndarray, pad_value: int = 0) -> list[np.ndarray]:
-        """The whole batch's rows of per-process token arrays (right padded to one width)."""
-        return [multihost.allgather_rows(multihost.pad_columns(x, pad_value)) for x in local]
 
     # -- one step -------------------------------------------------------------------------
     def step(
@@ -150,17 +82,11 @@ class GRPOTrainer:
         start = time.perf_counter()
         c, g = self.config, self.config.group_size
         sample_key, noise_key = jax.random.split(key)
-        pad = self.config.sampling.pad_id
-        (prompt_ids,) = self.global_rows(prompt_ids, pad_value=pad)
+        (prompt_ids,) = self.global_rows(prompt_ids, pad_value=self.pad_id)
         (prompt_mask,) = self.global_rows(prompt_mask)
         labels = multihost.allgather_strings(list(labels))
-        features = self.encode(multihost.global_batch(self.mesh, pixels))
-        out = self.rollout(
-            multihost.replicated_to_global(self.mesh, prompt_ids),
-            multihost.replicated_to_global(self.mesh, prompt_mask),
-            features,
-            sample_key,
-        )
+        vision_input = self.encode_local(pixels)
+        out = self.rollout(self.to_global(prompt_ids), self.to_global(prompt_mask), vision_input, sample_key)
         tokens, cmask = multihost.to_host(out.tokens), multihost.to_host(out.completion_mask)
         texts = [
             self.tokenizer.decode(t[m > 0], skip_special_tokens=True).strip()
@@ -175,12 +101,12 @@ class GRPOTrainer:
             key=noise_key,
         )
         batch = Batch(
-            prompt_ids=multihost.replicated_to_global(self.mesh, np.repeat(prompt_ids, g, axis=0)),
-            prompt_mask=multihost.replicated_to_global(self.mesh, np.repeat(prompt_mask, g, axis=0)),
-            features=features,
+            prompt_ids=self.to_global(np.repeat(prompt_ids, g, axis=0)),
+            prompt_mask=self.to_global(np.repeat(prompt_mask, g, axis=0)),
+            vision_input=vision_input,
             tokens=out.tokens,
             completion_mask=out.completion_mask,
-            advantages=multihost.replicated_to_global(self.mesh, np.asarray(advantages)),
+            advantages=self.to_global(np.asarray(advantages)),
             old_logps=None,
             ref_logps=None,
         )

@@ -3,13 +3,12 @@ and TinyLLaVA-Video composed of the three."""
 
 from jax_tinyr1.model.checkpoint import abstract_model, build_model, load_pretrained, save_pretrained
 from jax_tinyr1.model.connector import ConnectorConfig, GroupResampler
-from jax_tinyr1.model.presets import get_preset, preset_model_type
+from jax_tinyr1.model.presets import get_preset
 from jax_tinyr1.model.qwen2 import KVCache, Qwen2Config, Qwen2ForCausalLM
 from jax_tinyr1.model.siglip import SiglipConfig, SiglipVisionModel
-from jax_tinyr1.model.tinyllava import IMAGE_TOKEN_INDEX, TinyLlavaConfig, TinyLlavaVideo
+from jax_tinyr1.model.tinyllava import TinyLlavaConfig, TinyLlavaVideo
 
 __all__ = [
-    "IMAGE_TOKEN_INDEX",
     "ConnectorConfig",
     "GroupResampler",
     "KVCache",
@@ -23,6 +22,5 @@ __all__ = [
     "build_model",
     "get_preset",
     "load_pretrained",
-    "preset_model_type",
     "save_pretrained",
 ]

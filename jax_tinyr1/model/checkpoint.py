@@ -23,23 +23,21 @@ from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
 from jax_tinyr1.model.config_io import load_model_config, save_model_config
-from jax_tinyr1.model.qwen2 import Qwen2ForCausalLM
+from jax_tinyr1.model.registry import type_of
 from jax_tinyr1.model.sharding import state_shardings
-from jax_tinyr1.model.siglip import SiglipVisionModel
-from jax_tinyr1.model.tinyllava import TinyLlavaVideo
 
-MODEL_CLASSES = {"qwen2": Qwen2ForCausalLM, "siglip": SiglipVisionModel, "tinyllava": TinyLlavaVideo}
 PARAMS_DIR = "params"
 
 
-def build_model(model_type: str, config, seed: int = 0):
-    """A randomly initialised model (for training from scratch and tests)."""
-    return MODEL_CLASSES[model_type](config, rngs=nnx.Rngs(seed))
+def build_model(config, seed: int = 0):
+    """A randomly initialised model of the type `config` configures (training from scratch,
+    tests)."""
+    return type_of(config).module_class(config, rngs=nnx.Rngs(seed))
 
 
-def abstract_model(model_type: str, config):
+def abstract_model(config):
     """The model with ShapeDtypeStruct leaves: no memory allocated."""
-    return nnx.eval_shape(lambda: build_model(model_type, config))
+    return nnx.eval_shape(lambda: build_model(config))
 
 
 def save_params(directory: Path, params: dict) -> None:
@@ -134,12 +132,13 @@ def restore_params(directory: Path, abstract_params: dict) -> dict:
     return restored
 
 
-def save_pretrained(directory: Path, model, model_type: str, **extra) -> None:
+def save_pretrained(directory: Path, model, **extra) -> None:
+    """Parameters and config.json (the model type read from the model's config)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_params(directory, nnx.to_pure_dict(nnx.state(model, nnx.Param)))  # all processes take part
     if jax.process_index() == 0:
-        save_model_config(directory, model_type, model.config, **extra)
+        save_model_config(directory, model.config, **extra)
 
 
 def load_pretrained(checkpoint_dir, *, mesh: Mesh | None = None, config=None, **config_overrides):
@@ -150,11 +149,13 @@ def load_pretrained(checkpoint_dir, *, mesh: Mesh | None = None, config=None, **
     numerics this way; parameters are cast to its `param_dtype`), `config_overrides`
     replace top-level fields; shapes must stay those of the checkpoint.
     """
-    model_type, stored, _ = load_model_config(checkpoint_dir)
+    stored, _ = load_model_config(checkpoint_dir)
     config = stored if config is None else config
+    if type(config) is not type(stored):
+        raise ValueError(f"{checkpoint_dir}: holds a {type_of(stored).name} model, not a {type_of(config).name} one")
     if config_overrides:
         config = dataclasses.replace(config, **config_overrides)
-    model = abstract_model(model_type, config)
+    model = abstract_model(config)
     state = nnx.state(model, nnx.Param)
     if mesh is None:
         device = SingleDeviceSharding(jax.local_devices()[0])

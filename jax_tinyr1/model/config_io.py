@@ -8,11 +8,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from jax_tinyr1.model.qwen2 import Qwen2Config
-from jax_tinyr1.model.siglip import SiglipConfig
-from jax_tinyr1.model.tinyllava import TinyLlavaConfig
+from jax_tinyr1.model.registry import MODEL_TYPES, type_of
 
-CONFIG_CLASSES: dict[str, type] = {"qwen2": Qwen2Config, "siglip": SiglipConfig, "tinyllava": TinyLlavaConfig}
 CONFIG_FILE = "config.json"
 
 
@@ -34,20 +31,21 @@ def config_from_dict(cls: type, values: dict[str, Any], where: str = "config"):
     return cls(**values)
 
 
-def save_model_config(directory: Path, model_type: str, config, **extra) -> None:
-    payload = {"model_type": model_type, "config": dataclasses.asdict(config), **extra}
+def save_model_config(directory: Path, config, **extra) -> None:
+    payload = {"model_type": type_of(config).name, "config": dataclasses.asdict(config), **extra}
     (Path(directory) / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
 
 
-def load_model_config(directory: Path) -> tuple[str, Any, dict[str, Any]]:
-    """(model_type, config, extra fields) from a checkpoint directory written by us."""
+def load_model_config(directory: Path) -> tuple[Any, dict[str, Any]]:
+    """(config, extra fields) from a checkpoint directory written by us; the config's class
+    is its model type (`registry.type_of`)."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no config.json (not a jax_tinyr1 checkpoint directory?)")
     payload = json.loads(path.read_text())
     model_type = payload.get("model_type")
-    if model_type not in CONFIG_CLASSES:
-        raise ValueError(f"{path}: model_type {model_type!r} is not one of {sorted(CONFIG_CLASSES)}")
-    config = config_from_dict(CONFIG_CLASSES[model_type], payload.get("config", {}), f"{path}: config")
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"{path}: model_type {model_type!r} is not one of {sorted(MODEL_TYPES)}")
+    config = config_from_dict(MODEL_TYPES[model_type].config_class, payload.get("config", {}), f"{path}: config")
     extra = {k: v for k, v in payload.items() if k not in ("model_type", "config")}
-    return model_type, config, extra
+    return config, extra

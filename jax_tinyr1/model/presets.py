@@ -60,37 +60,21 @@ CONNECTOR_TINY = ConnectorConfig(
     vision_hidden_size=32, hidden_size=64, num_queries=16, groups=4, num_layers=2, heads=2, dim_head=8
 )
 
-# name -> (model type, config)
-PRESETS: dict[str, tuple[str, object]] = {
-    "qwen2.5-3b": ("qwen2", QWEN25_3B),
-    "qwen2.5-0.5b": ("qwen2", QWEN25_05B),
-    "qwen2-tiny": ("qwen2", QWEN2_TINY),
-    "qwen2-tiny-untied": (
-        "qwen2",
-        dataclasses.replace(QWEN2_TINY, num_layers=3, num_kv_heads=1, tie_word_embeddings=False),
+# name -> config (its class is its model type)
+PRESETS: dict[str, object] = {
+    "qwen2.5-3b": QWEN25_3B,
+    "qwen2.5-0.5b": QWEN25_05B,
+    "qwen2-tiny": QWEN2_TINY,
+    "qwen2-tiny-untied": dataclasses.replace(QWEN2_TINY, num_layers=3, num_kv_heads=1, tie_word_embeddings=False),
+    "siglip-so400m-384": SIGLIP_SO400M_384,
+    "siglip-tiny": SIGLIP_TINY,
+    "tinyllava-video-3b": TinyLlavaConfig(
+        llm=QWEN25_3B,
+        vision=SIGLIP_SO400M_384,
+        connector=ConnectorConfig(vision_hidden_size=1152, hidden_size=2048, num_queries=512, groups=16, num_layers=3),
+        num_frames=16,
     ),
-    "siglip-so400m-384": ("siglip", SIGLIP_SO400M_384),
-    "siglip-tiny": ("siglip", SIGLIP_TINY),
-    "tinyllava-video-3b": (
-        "tinyllava",
-        TinyLlavaConfig(
-            llm=QWEN25_3B,
-            vision=SIGLIP_SO400M_384,
-            connector=ConnectorConfig(
-                vision_hidden_size=1152, hidden_size=2048, num_queries=512, groups=16, num_layers=3
-            ),
-            num_frames=16,
-        ),
-    ),
-    "tinyllava-video-tiny": (
-        "tinyllava",
-        TinyLlavaConfig(
-            llm=QWEN2_TINY,
-            vision=SIGLIP_TINY,
-            connector=CONNECTOR_TINY,
-            num_frames=4,
-        ),
-    ),
+    "tinyllava-video-tiny": TinyLlavaConfig(llm=QWEN2_TINY, vision=SIGLIP_TINY, connector=CONNECTOR_TINY, num_frames=4),
 }
 
 
@@ -98,10 +82,4 @@ def get_preset(name: str, **overrides):
     """A preset config by name, with dataclass field overrides (e.g. dtype="bfloat16")."""
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
-    return dataclasses.replace(PRESETS[name][1], **overrides)
-
-
-def preset_model_type(name: str) -> str:
-    if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
-    return PRESETS[name][0]
+    return dataclasses.replace(PRESETS[name], **overrides)

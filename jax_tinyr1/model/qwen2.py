@@ -10,6 +10,7 @@ compile time does not grow with depth and HF layer i is index i of every stacked
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -124,35 +125,72 @@ def cached_attention(q_btnh, k_bksh, v_bksh, mask_b1ts, scale: float) -> jax.Arr
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
-def _layer_body(config: Qwen2Config, p: dict[str, jax.Array], x_btd, cos, sin, mask_b1ts, kv):
-    """One decoder layer. `kv` is None (no cache) or (k_bksh, v_bksh, write_index)."""
-    x_btd = constrain_batch(x_btd)
-    b, t, _ = x_btd.shape
-    n, k, h = config.num_heads, config.num_kv_heads, config.head_dim
-    dtype = x_btd.dtype
+class Layout(NamedTuple):
+    """Where the features sit in a layer's activations, and how kernels meet them.
 
-    y = rms_norm(x_btd, p["input_norm"], config.rms_norm_eps)
-    q = (dense(y, p["q_kernel"]) + p["q_bias"].astype(dtype)).reshape(b, t, n, h)
-    key = (dense(y, p["k_kernel"]) + p["k_bias"].astype(dtype)).reshape(b, t, k, h)
-    val = (dense(y, p["v_kernel"]) + p["v_bias"].astype(dtype)).reshape(b, t, k, h)
-    q, key = apply_rope(q, cos, sin), apply_rope(key, cos, sin)
+    TOKEN_MAJOR: x [B, T, D], kernels [in, out] (the stored parameters; training, prefill).
+    FEATURE_MAJOR: x [D, B] (one token per row), kernels [out, in], biases [out, 1] (the CPU
+    decode path's transposed copies, see generate/cpu_decode.py)."""
 
-    if kv is not None:
+    feature_axis: int
+    project: Callable  # (x, kernel, bias | None) -> x @ kernel + bias in this layout
+    split_heads: Callable  # (x, heads, head_dim) -> [B, T, heads, head_dim]
+    merge_heads: Callable  # [B, T, heads, head_dim] -> x in this layout
+
+
+def _feature_major_project(x_fb, kernel_of, bias_o1=None):
+    y = kernel_of.astype(x_fb.dtype) @ x_fb
+    return y if bias_o1 is None else y + bias_o1.astype(x_fb.dtype)
+
+
+TOKEN_MAJOR = Layout(
+    feature_axis=-1,
+    project=dense,
+    split_heads=lambda x, count, h: x.reshape(*x.shape[:-1], count, h),
+    merge_heads=lambda a_btnh: a_btnh.reshape(*a_btnh.shape[:2], -1),
+)
+FEATURE_MAJOR = Layout(
+    feature_axis=0,
+    project=_feature_major_project,
+    split_heads=lambda x_fb, count, h: x_fb.reshape(count, h, x_fb.shape[1]).transpose(2, 0, 1)[:, None],
+    merge_heads=lambda a_b1nh: a_b1nh.reshape(a_b1nh.shape[0], -1).T,
+)
+
+
+def decoder_layer(config: Qwen2Config, p: dict[str, jax.Array], x, cos, sin, attend, layout: Layout = TOKEN_MAJOR):
+    """One decoder layer, the only place its maths is written: RMSNorm -> q/k/v (+ bias) ->
+    RoPE -> `attend` -> o -> residual; RMSNorm -> SwiGLU -> residual.
+
+    `attend(q_btnh, k_btkh, v_btkh) -> (out_btnh, extra)` runs the attention (and writes a
+    cache when there is one); `extra` is returned beside the new activations."""
+    n, k, h, eps = config.num_heads, config.num_kv_heads, config.head_dim, config.rms_norm_eps
+    y = rms_norm(x, p["input_norm"], eps, axis=layout.feature_axis)
+    q = apply_rope(layout.split_heads(layout.project(y, p["q_kernel"], p["q_bias"]), n, h), cos, sin)
+    key = apply_rope(layout.split_heads(layout.project(y, p["k_kernel"], p["k_bias"]), k, h), cos, sin)
+    val = layout.split_heads(layout.project(y, p["v_kernel"], p["v_bias"]), k, h)
+    attn, extra = attend(q, key, val)
+    x = x + layout.project(layout.merge_heads(attn), p["o_kernel"])
+    y = rms_norm(x, p["post_attention_norm"], eps, axis=layout.feature_axis)
+    gated = jax.nn.silu(layout.project(y, p["gate_kernel"])) * layout.project(y, p["up_kernel"])
+    return x + layout.project(gated, p["down_kernel"]), extra
+
+
+def _scanned_layer(config: Qwen2Config, p: dict[str, jax.Array], x_btd, cos, sin, mask_b1ts, kv):
+    """One step of the layer scan. `kv` is None (no cache) or (k_bksh, v_bksh, write_index)."""
+    scale = config.head_dim**-0.5
+
+    def attend(q, key, val):
+        if kv is None:
+            return jax.nn.dot_product_attention(q, key, val, mask=mask_b1ts, scale=scale), None
         k_cache, v_cache, index = kv
         write = (0, 0, index, 0)
         k_cache = jax.lax.dynamic_update_slice(k_cache, key.transpose(0, 2, 1, 3).astype(k_cache.dtype), write)
         v_cache = jax.lax.dynamic_update_slice(v_cache, val.transpose(0, 2, 1, 3).astype(v_cache.dtype), write)
-        attn = cached_attention(q, k_cache.astype(dtype), v_cache.astype(dtype), mask_b1ts, h**-0.5)
-        new_kv = (k_cache, v_cache)
-    else:
-        attn = jax.nn.dot_product_attention(q, key, val, mask=mask_b1ts, scale=h**-0.5)
-        new_kv = None
+        out = cached_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask_b1ts, scale)
+        return out, (k_cache, v_cache)
 
-    x_btd = x_btd + dense(attn.reshape(b, t, n * h), p["o_kernel"])
-
-    y = rms_norm(x_btd, p["post_attention_norm"], config.rms_norm_eps)
-    gated = jax.nn.silu(dense(y, p["gate_kernel"])) * dense(y, p["up_kernel"])
-    return constrain_batch(x_btd + dense(gated, p["down_kernel"])), new_kv
+    x_btd, new_kv = decoder_layer(config, p, constrain_batch(x_btd), cos, sin, attend)
+    return constrain_batch(x_btd), new_kv
 
 
 class Qwen2ForCausalLM(nnx.Module):
@@ -197,7 +235,7 @@ class Qwen2ForCausalLM(nnx.Module):
         return self.embed[...].T if self.config.tie_word_embeddings else self.lm_head[...]
 
     def logits_from_hidden(self, h_btd: jax.Array) -> jax.Array:
-        """Logits in float32. For log-probs of given tokens use grpo.logprobs (chunked)."""
+        """Logits in float32. For log-probs of given tokens use update.logprobs (chunked)."""
         return dense(h_btd, self.output_embedding()).astype(jnp.float32)
 
     def hidden_states(
@@ -237,7 +275,7 @@ class Qwen2ForCausalLM(nnx.Module):
         def body(x, layer):
             p, kv = layer
             kv = None if kv is None else (*kv, start)
-            return _layer_body(c, p, x, cos, sin, mask, kv)
+            return _scanned_layer(c, p, x, cos, sin, mask, kv)
 
         if c.remat:
             body = jax.checkpoint(body, prevent_cse=False)

@@ -97,3 +97,16 @@ def constrain_batch(x: jax.Array) -> jax.Array:
     if x.shape[0] % (mesh.shape["data"] * mesh.shape["fsdp"]):
         return x
     return jax.lax.with_sharding_constraint(x, PartitionSpec(("data", "fsdp")))
+
+
+def batch_sharding(mesh: Mesh, shape) -> NamedSharding:
+    """An input batch's rows over the data-parallel axes (`data` x `fsdp`) when they divide
+    them, else replicated: the placement `constrain_batch` asks of activations."""
+    across = mesh.shape["data"] * mesh.shape["fsdp"]
+    lead = ("data", "fsdp") if shape and shape[0] % across == 0 else None
+    return NamedSharding(mesh, PartitionSpec(lead, *([None] * (len(shape) - 1))))
+
+
+def batch_shardings(mesh: Mesh, batch):
+    """`batch_sharding` for every array of a NamedTuple batch (None fields stay None)."""
+    return type(batch)(*(None if x is None else batch_sharding(mesh, x.shape) for x in batch))

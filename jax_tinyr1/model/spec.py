@@ -15,7 +15,8 @@ from pathlib import Path
 from jax_tinyr1.model.checkpoint import build_model, load_pretrained
 from jax_tinyr1.model.config_io import CONFIG_FILE, load_model_config
 from jax_tinyr1.model.layers import DTYPES
-from jax_tinyr1.model.presets import get_preset, preset_model_type
+from jax_tinyr1.model.presets import get_preset
+from jax_tinyr1.model.registry import type_of
 from jax_tinyr1.model.tinyllava import TinyLlavaConfig
 
 DEFAULT_PRESET = "tinyllava-video-tiny"  # the embedded default: runs anywhere, on CPU
@@ -45,18 +46,20 @@ class ModelSpec:
             path = Path(self.checkpoint)
             if not (path / CONFIG_FILE).is_file():
                 raise FileNotFoundError(f"model.checkpoint: {path / CONFIG_FILE} not found")
-            model_type, config, _ = load_model_config(path)
-            if model_type != "tinyllava":
-                raise ValueError(f"model.checkpoint: {path} holds a {model_type!r} model, not a TinyLLaVA-Video")
+            config, _ = load_model_config(path)
+            if not isinstance(config, TinyLlavaConfig):
+                raise ValueError(
+                    f"model.checkpoint: {path} holds a {type_of(config).name!r} model, not a TinyLLaVA-Video"
+                )
             return config
         preset = self.preset or DEFAULT_PRESET
         try:
-            model_type = preset_model_type(preset)
+            config = get_preset(preset)
         except KeyError as e:
             raise ValueError(f"model.preset: {e.args[0]}") from None
-        if model_type != "tinyllava":
+        if not isinstance(config, TinyLlavaConfig):
             raise ValueError(f"model.preset: {preset!r} is not a TinyLLaVA-Video preset")
-        return get_preset(preset)
+        return config
 
     def apply(self, config: TinyLlavaConfig) -> TinyLlavaConfig:
         numerics = {"dtype": self.dtype, "param_dtype": self.param_dtype}
@@ -76,7 +79,7 @@ class ModelSpec:
         if self.checkpoint:
             model, _ = load_pretrained(self.checkpoint, mesh=mesh, config=config)
             return model, config
-        return build_model("tinyllava", config, seed=seed), config
+        return build_model(config, seed=seed), config
 
     def settings(self) -> dict[str, object]:
         """What the run computes with (printed at start, stored with the run)."""

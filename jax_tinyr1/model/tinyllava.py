@@ -1,9 +1,15 @@
 """TinyLLaVA-Video: frames -> SigLIP -> group resampler -> visual tokens spliced into the
 prompt at the image placeholder -> Qwen2.
 
-Positions are a plain 0..N-1 range over the spliced sequence. The visual embeddings of a
-video are computed once (`encode_video`) and can be reused for every completion sampled
-from that prompt (`visual_embeds=`), which GRPO relies on.
+The model owns the whole multimodal input path, one named method per stage, used by
+training, evaluation, the benches and `ask`:
+
+    frames [B, F, H, W, 3] --vision_features--> features [B, F*S, W]   (SigLIP, every frame)
+                           --visual_tokens-->   visual tokens [B, V, D] (the connector)
+                           --embed_inputs-->    prompt embeddings [B, T-1+V, D] (spliced in)
+
+`encode_video` is the first two. Positions are a plain 0..N-1 range over the spliced
+sequence. Which parts train is the trainer's `trainable` switch, not a model setting.
 """
 
 from __future__ import annotations
@@ -14,12 +20,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax_tinyr1.data.template import IMAGE_TOKEN_INDEX
 from jax_tinyr1.model.connector import ConnectorConfig, GroupResampler
 from jax_tinyr1.model.qwen2 import KVCache, Qwen2Config, Qwen2ForCausalLM
 from jax_tinyr1.model.siglip import SiglipConfig, SiglipVisionModel
-
-IMAGE_TOKEN_INDEX = -200
-IGNORE_INDEX = -100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +33,6 @@ class TinyLlavaConfig:
     connector: ConnectorConfig
     num_frames: int = 16
     image_token_index: int = IMAGE_TOKEN_INDEX
-    train_vision: bool = False  # the paper keeps the vision tower frozen in every stage
 
     def __post_init__(self):
         if self.connector.vision_hidden_size != self.vision.hidden_size:
@@ -81,13 +84,20 @@ class TinyLlavaVideo(nnx.Module):
         self.connector = GroupResampler(config.connector, rngs=rngs)
         self.llm = Qwen2ForCausalLM(config.llm, rngs=rngs)
 
-    def encode_video(self, pixels_bfhwc: jax.Array) -> jax.Array:
-        """Preprocessed frames [B, F, H, W, 3] -> visual embeddings [B, num_queries, D]."""
+    def vision_features(self, pixels_bfhwc: jax.Array) -> jax.Array:
+        """Preprocessed frames [B, F, H, W, 3] -> the vision tower's features of every frame,
+        laid end to end [B, F * patches, W]."""
         b, f = pixels_bfhwc.shape[:2]
         features = self.vision(pixels_bfhwc.reshape(b * f, *pixels_bfhwc.shape[2:]))
-        if not self.config.train_vision:
-            features = jax.lax.stop_gradient(features)
-        return self.connector(features.reshape(b, f * features.shape[1], features.shape[2]))
+        return features.reshape(b, f * features.shape[1], features.shape[2])
+
+    def visual_tokens(self, features_bsw: jax.Array) -> jax.Array:
+        """Vision features [B, S, W] -> visual tokens [B, V, D] (the group resampler)."""
+        return self.connector(features_bsw)
+
+    def encode_video(self, pixels_bfhwc: jax.Array) -> jax.Array:
+        """Preprocessed frames [B, F, H, W, 3] -> visual tokens [B, V, D]."""
+        return self.visual_tokens(self.vision_features(pixels_bfhwc))
 
     def embed_inputs(self, input_ids_bt: jax.Array, attention_mask_bt: jax.Array | None, visual_bvd: jax.Array):
         """(input embeddings [B, T-1+V, D], attention mask) with the visual block spliced in."""

@@ -6,17 +6,18 @@ validates its own values:
 
     model      ModelSpec        (model/spec.py: preset or checkpoint, dtypes, remat)
     data       LoaderConfig     (data/loader.py)
-    grpo       GRPOConfig       (grpo/step.py: G, mu, micro-batches, log-prob chunk, reference dtype)
-    objective  ObjectiveConfig  (grpo/loss.py: beta, clip, aggregation, advantages)
-    sampling   SamplingConfig   (grpo/sampling.py)
-    reward     RewardConfig     (rewards/combined.py)
-    optimizer  OptimizerConfig  (grpo/step.py)
+    sft        SFTConfig        (sft/objective.py: micro-batches, log-prob chunk, trainable)     SFT only
+    grpo       GRPOConfig       (grpo/config.py: G, mu, micro-batches, chunk, reference dtype)  GRPO only
+    objective  ObjectiveConfig  (grpo/loss.py: beta, clip, aggregation, advantages)             GRPO only
+    sampling   SamplingConfig   (generate/sampling.py)                                          GRPO only
+    reward     RewardConfig     (rewards/combined.py)                                           GRPO only
+    optimizer  OptimizerConfig  (update/optimizer.py)
     run        RunSection       (this file: output, checkpoints, seed)
     mesh       MeshSection      (this file)
 
 Fields the run fills in itself are marked with `jax_tinyr1.derived.derived`; a key for one of them
-is refused, as are unknown keys, wrong types, bad values and, for SFT, the keys of the GRPO
-stage (nothing is accepted and then ignored). Errors name the key.
+is refused, as are unknown keys, wrong types, bad values and a section of the other stage
+(nothing is accepted and then ignored). Errors name the key.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ import yaml
 
 from jax_tinyr1.data.loader import LoaderConfig
 from jax_tinyr1.derived import DERIVED
+from jax_tinyr1.generate.sampling import SamplingConfig
+from jax_tinyr1.grpo.config import GRPOConfig
 from jax_tinyr1.grpo.loss import ObjectiveConfig
-from jax_tinyr1.grpo.sampling import SamplingConfig
-from jax_tinyr1.grpo.step import GRPOConfig, OptimizerConfig
 from jax_tinyr1.model.spec import ModelSpec
 from jax_tinyr1.rewards import RewardConfig
+from jax_tinyr1.sft.objective import SFTConfig
+from jax_tinyr1.update.optimizer import OptimizerConfig
 
 
 class ConfigError(ValueError):
@@ -77,6 +80,7 @@ class MeshSection:
 class TrainConfig:
     model: ModelSpec = ModelSpec()
     data: LoaderConfig = LoaderConfig()
+    sft: SFTConfig = SFTConfig()
     grpo: GRPOConfig = GRPOConfig()
     objective: ObjectiveConfig = ObjectiveConfig()
     sampling: SamplingConfig = SamplingConfig()
@@ -86,14 +90,10 @@ class TrainConfig:
     mesh: MeshSection = MeshSection()
 
 
-# What the SFT stage reads; any other key set for an SFT run is an error.
-SFT_KEYS = {
-    "model": None,  # None: every key of the section
-    "data": None,
-    "optimizer": None,
-    "run": None,
-    "mesh": None,
-    "grpo": {"micro_batches", "logprob_chunk"},
+# The sections each stage reads; a section of the other stage in its config is an error.
+STAGE_SECTIONS = {
+    "sft": ("model", "data", "sft", "optimizer", "run", "mesh"),
+    "grpo": ("model", "data", "grpo", "objective", "sampling", "reward", "optimizer", "run", "mesh"),
 }
 
 
@@ -112,6 +112,11 @@ def _check(value: Any, annotation: Any, key: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"{key}: expected {annotation}, got {value!r}")
+    if origin is tuple:  # tuple[X, ...] from a YAML list
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_type, _) = typing.get_args(annotation)
+        return tuple(_check(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -175,19 +180,16 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
 
 def _check_stage(values: dict[str, Any], config: TrainConfig, stage: str) -> None:
     """Keys that the stage (or the rest of the config) would leave unread are errors."""
-    if config.objective.beta == 0 and "reference_dtype" in values.get("grpo", {}):
-        raise ConfigError("grpo.reference_dtype: objective.beta is 0, so there is no reference model")
-    if stage != "sft":
+    if stage not in STAGE_SECTIONS:
+        raise ConfigError(f"stage must be one of {sorted(STAGE_SECTIONS)}, got {stage!r}")
+    other = sorted(set(values) - set(STAGE_SECTIONS[stage]))
+    if other:
+        raise ConfigError(f"section(s) {other} configure another stage; {stage} does not read them")
+    if stage == "grpo":
+        if config.objective.beta == 0 and "reference_dtype" in values.get("grpo", {}):
+            raise ConfigError("grpo.reference_dtype: objective.beta is 0, so there is no reference model")
         if "response_tokens" in values.get("data", {}):
             raise ConfigError("data.response_tokens: the length of SFT responses; GRPO samples its completions")
-        return
-    for section, keys in values.items():
-        allowed = SFT_KEYS.get(section, set())
-        if allowed is None or not isinstance(keys, dict):
-            continue
-        ignored = sorted(f"{section}.{k}" for k in keys if k not in allowed)
-        if ignored:
-            raise ConfigError(f"{ignored} configure the GRPO stage; SFT does not read them")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = (), *, stage: str = "grpo") -> TrainConfig:

@@ -10,4 +10,4 @@ import sys
 from jax_tinyr1.train.run import main
 
 if __name__ == "__main__":
-    sys.exit(main(None, sft=False, description=__doc__))
+    sys.exit(main(None, stage="grpo", description=__doc__))

@@ -33,20 +33,15 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jax_tinyr1.grpo.step import (
-    Batch,
-    batch_sharding,
-    make_logps,
-    make_optimizer,
-    make_update,
-    opt_state_shardings,
-    param_shardings,
-)
-from jax_tinyr1.grpo.trainer import encode_program, rollout_program
+from jax_tinyr1.grpo import update as grpo_update
+from jax_tinyr1.grpo.trainer import rollout_program
 from jax_tinyr1.model import abstract_model
-from jax_tinyr1.model.sharding import make_mesh
+from jax_tinyr1.model.sharding import batch_sharding, make_mesh
+from jax_tinyr1.sft import objective as sft_objective
 from jax_tinyr1.train.config import ConfigError, TrainConfig
-from jax_tinyr1.train.run import grpo_config
+from jax_tinyr1.train.run import grpo_config, sft_config
+from jax_tinyr1.update.optimizer import make_optimizer, opt_state_shardings
+from jax_tinyr1.update.params import encode_program, param_shardings
 
 GIB = 1024**3
 PLAN_DEVICES_FLAG = "--xla_force_host_platform_device_count"
@@ -127,7 +122,7 @@ def plan_run(config: TrainConfig, *, stage: str, devices) -> list[ProgramPlan]:
     model_config = config.model.resolve()
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
     # The trainer's own config (the step count only shapes the learning-rate schedule).
-    grpo = grpo_config(config, 1000, sft=sft, eos_id=0)
+    stage_config = sft_config(config, 1000) if sft else grpo_config(config, 1000, eos=0, pad=0)
     d = config.data
     if not d.prompt_tokens:
         raise ConfigError("data.prompt_tokens: the plan needs the prompt length (0 means 'as the data comes')")
@@ -137,10 +132,10 @@ def plan_run(config: TrainConfig, *, stage: str, devices) -> list[ProgramPlan]:
     if d.prompt_tokens <= visual:
         raise ConfigError(f"data.prompt_tokens: {d.prompt_tokens} leaves no text beside {visual} visual tokens")
 
-    model = abstract_model("tinyllava", model_config)
+    model = abstract_model(model_config)
     graphdef, state = nnx.split(model)
     pure = nnx.to_pure_dict(nnx.state(model))
-    trainable_parts = grpo.trainable
+    trainable_parts = stage_config.trainable
     frozen_parts = tuple(k for k in pure if k not in trainable_parts)
     shard = {
         "trainable": param_shardings(state, mesh, trainable_parts),
@@ -148,14 +143,15 @@ def plan_run(config: TrainConfig, *, stage: str, devices) -> list[ProgramPlan]:
     }
     trainable = _abstract({k: pure[k] for k in trainable_parts}, shard["trainable"])
     frozen = _abstract({k: pure[k] for k in frozen_parts}, shard["frozen"])
-    optimizer = make_optimizer(grpo.optimizer)
+    optimizer = make_optimizer(stage_config.optimizer)
     opt_abstract = jax.eval_shape(optimizer.init, trainable)
     shard["opt_state"] = opt_state_shardings(optimizer, opt_abstract, shard["trainable"], mesh)
     opt_state = _abstract(opt_abstract, shard["opt_state"])
-    with_reference = not sft and grpo.objective.beta != 0
+    with_reference = not sft and stage_config.objective.beta != 0
     reference = (
         jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(grpo.reference_dtype), sharding=x.sharding), trainable
+            lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(stage_config.reference_dtype), sharding=x.sharding),
+            trainable,
         )
         if with_reference
         else None
@@ -168,9 +164,9 @@ def plan_run(config: TrainConfig, *, stage: str, devices) -> list[ProgramPlan]:
     }
 
     b = d.batch_size * jax.process_count()
-    rows = b * grpo.group_size
+    rows = b * (1 if sft else stage_config.group_size)
     text = d.prompt_tokens - visual + 1
-    new_tokens = d.response_tokens if sft else grpo.sampling.max_new_tokens
+    new_tokens = d.response_tokens if sft else stage_config.sampling.max_new_tokens
     image = model_config.vision.image_size
     replicated = NamedSharding(mesh, P())
 
@@ -179,10 +175,10 @@ def plan_run(config: TrainConfig, *, stage: str, devices) -> list[ProgramPlan]:
 
     plans = []
     with jax.set_mesh(mesh):
-        encode = encode_program(nnx.graphdef(model.vision))
+        encode = encode_program(graphdef, trainable_parts)
         pixels = spec((b, model_config.num_frames, image, image, 3), jnp.float32)
-        features_shape = jax.eval_shape(encode, trainable, frozen, pixels)
-        features = spec(features_shape.shape, features_shape.dtype)
+        vision_shape = jax.eval_shape(encode, trainable, frozen, pixels)
+        vision_input = spec(vision_shape.shape, vision_shape.dtype)
         plans.append(
             _compile(
                 "vision encode",
@@ -192,7 +188,19 @@ def plan_run(config: TrainConfig, *, stage: str, devices) -> list[ProgramPlan]:
                 resident=sizes["opt_state"] + sizes["reference"],
             )
         )
-        if not sft:
+        completion = spec((rows, new_tokens), jnp.float32)
+        common = {
+            "prompt_ids": spec((rows, text), jnp.int32),
+            "prompt_mask": spec((rows, text), jnp.int32),
+            "vision_input": vision_input,
+            "tokens": spec((rows, new_tokens), jnp.int32),
+            "completion_mask": spec((rows, new_tokens), jnp.int32),
+        }
+        if sft:
+            batch = sft_objective.Batch(**common)
+            update = sft_objective.make_sft_update(graphdef, stage_config, optimizer)
+        else:
+            grpo = stage_config
             key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
             # The accelerator decode path ("auto" would pick the CPU one on virtual devices).
             rollout = rollout_program(graphdef, grpo, decode_path="scan")
@@ -201,50 +209,46 @@ def plan_run(config: TrainConfig, *, stage: str, devices) -> list[ProgramPlan]:
                 _compile(
                     f"rollout (G={grpo.group_size}, {new_tokens} new tokens)",
                     rollout,
-                    (trainable, frozen, ids, ids, features, key),
+                    (trainable, frozen, ids, ids, vision_input, key),
                     runs=1,
                     resident=sizes["opt_state"] + sizes["reference"],
                 )
             )
-        completion = spec((rows, new_tokens), jnp.float32)
-        batch = Batch(
-            prompt_ids=spec((rows, text), jnp.int32),
-            prompt_mask=spec((rows, text), jnp.int32),
-            features=features,
-            tokens=spec((rows, new_tokens), jnp.int32),
-            completion_mask=spec((rows, new_tokens), jnp.int32),
-            advantages=spec((rows,), jnp.float32),
-            old_logps=completion if grpo.updates_per_rollout > 1 else None,
-            ref_logps=completion if with_reference else None,
-        )
-        logps = make_logps(graphdef, grpo)
-        if with_reference:
-            plans.append(
-                _compile(
-                    f"reference log-probs ({grpo.reference_dtype} weights)",
-                    logps,
-                    (reference, frozen, batch),
-                    runs=1,
-                    resident=sizes["trainable"] + sizes["opt_state"],
-                )
+            batch = grpo_update.Batch(
+                **common,
+                advantages=spec((rows,), jnp.float32),
+                old_logps=completion if grpo.updates_per_rollout > 1 else None,
+                ref_logps=completion if with_reference else None,
             )
-        if grpo.updates_per_rollout > 1:
-            plans.append(
-                _compile(
-                    "old-policy log-probs",
-                    logps,
-                    (trainable, frozen, batch),
-                    runs=1,
-                    resident=sizes["opt_state"] + sizes["reference"],
+            logps = grpo_update.make_logps(graphdef, grpo)
+            if with_reference:
+                plans.append(
+                    _compile(
+                        f"reference log-probs ({grpo.reference_dtype} weights)",
+                        logps,
+                        (reference, frozen, batch),
+                        runs=1,
+                        resident=sizes["trainable"] + sizes["opt_state"],
+                    )
                 )
-            )
-        batch_shard = Batch(*(None if x is None else x.sharding for x in batch))
+            if grpo.updates_per_rollout > 1:
+                plans.append(
+                    _compile(
+                        "old-policy log-probs",
+                        logps,
+                        (trainable, frozen, batch),
+                        runs=1,
+                        resident=sizes["opt_state"] + sizes["reference"],
+                    )
+                )
+            update = grpo_update.make_grpo_update(graphdef, grpo, optimizer)
+        batch_shard = type(batch)(*(None if x is None else x.sharding for x in batch))
         plans.append(
             _compile(
-                f"update (micro-batches {grpo.micro_batches}, log-prob chunk {grpo.logprob_chunk})",
-                make_update(graphdef, grpo, optimizer),
+                f"update (micro-batches {stage_config.micro_batches}, log-prob chunk {stage_config.logprob_chunk})",
+                update,
                 (trainable, frozen, opt_state, batch),
-                runs=grpo.updates_per_rollout,
+                runs=1 if sft else stage_config.updates_per_rollout,
                 resident=sizes["reference"],
                 in_shardings=(shard["trainable"], shard["frozen"], shard["opt_state"], batch_shard),
                 out_shardings=(shard["trainable"], shard["opt_state"], replicated),

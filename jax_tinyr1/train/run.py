@@ -1,6 +1,7 @@
-"""The training loop shared by SFT and GRPO: config -> tokenizer, model, data, mesh ->
-resume from the latest complete checkpoint -> steps with logging and periodic asynchronous
-checkpoints -> the final model (ours, and optionally the original HF layout) and plots."""
+"""The training loop of every stage (SFT, GRPO): config -> tokenizer, model, data, mesh ->
+resume from the latest complete checkpoint -> the stage's steps with logging and periodic
+asynchronous checkpoints -> the final model (ours, and optionally the original HF layout)
+and plots. What differs between the stages is one `Stage` entry."""
 
 from __future__ import annotations
 
@@ -14,22 +15,23 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
-from flax import nnx
 
 from jax_tinyr1.data.formats import read_cold_start_json, read_grpo_jsonl
 from jax_tinyr1.data.loader import VideoQALoader
 from jax_tinyr1.data.policy import BadInputPolicy, DataError
+from jax_tinyr1.data.template import eos_id, pad_id
 from jax_tinyr1.data.tokenizer import load_tokenizer
-from jax_tinyr1.grpo import multihost
-from jax_tinyr1.grpo.loss import ObjectiveConfig
-from jax_tinyr1.grpo.step import Batch, GRPOConfig
+from jax_tinyr1.grpo.config import GRPOConfig
 from jax_tinyr1.grpo.trainer import GRPOTrainer
 from jax_tinyr1.model import save_pretrained
 from jax_tinyr1.model.sharding import make_mesh
+from jax_tinyr1.sft.objective import SFTConfig
+from jax_tinyr1.sft.trainer import SFTTrainer
 from jax_tinyr1.train.checkpointing import TrainCheckpointer
 from jax_tinyr1.train.config import ConfigError, TrainConfig, load_config, to_dict
 from jax_tinyr1.train.logging import MetricsLogger
+from jax_tinyr1.update import multihost
+from jax_tinyr1.update.trainer import Trainer
 
 
 def maybe_initialize_distributed() -> None:
@@ -82,45 +84,62 @@ def effective_settings(config: TrainConfig, mesh) -> dict[str, Any]:
     }
 
 
-def grpo_config(config: TrainConfig, total_steps: int, *, sft: bool, eos_id: int) -> GRPOConfig:
-    """The update's config: the grpo section with the objective, sampling and optimizer
-    sections it composes (SFT: maximum likelihood = the GRPO update with advantage 1, ratio
-    1, no KL and a token mean)."""
-    objective = ObjectiveConfig(beta=0.0, aggregation="token_mean", noise_std=0.0) if sft else config.objective
+def sft_config(config: TrainConfig, total_steps: int) -> SFTConfig:
+    """The SFT update's config: the sft section with the optimizer section it composes."""
+    return dataclasses.replace(config.sft, optimizer=dataclasses.replace(config.optimizer, total_steps=total_steps))
+
+
+def grpo_config(config: TrainConfig, total_steps: int, *, eos: int, pad: int) -> GRPOConfig:
+    """The GRPO update's config: the grpo section with the objective, sampling and optimizer
+    sections it composes."""
     return dataclasses.replace(
         config.grpo,
-        objective=objective,
-        sampling=dataclasses.replace(config.sampling, eos_id=eos_id, pad_id=eos_id),
+        objective=config.objective,
+        sampling=dataclasses.replace(config.sampling, eos_id=eos, pad_id=pad),
         optimizer=dataclasses.replace(config.optimizer, total_steps=total_steps),
-        group_size=1 if sft else config.grpo.group_size,
-        updates_per_rollout=1 if sft else config.grpo.updates_per_rollout,
     )
 
 
-def sft_step(trainer: GRPOTrainer, batch: dict[str, Any], key) -> dict[str, float]:
-    mesh, pad = trainer.mesh, trainer.config.sampling.pad_id
-    prompt_ids, response_ids = trainer.global_rows(batch["prompt_ids"], batch["response_ids"], pad_value=pad)
-    prompt_mask, response_mask = trainer.global_rows(batch["prompt_mask"], batch["response_mask"])
-    features = trainer.encode(multihost.global_batch(mesh, batch["pixels"]))
-    metrics = trainer.update(
-        Batch(
-            *(multihost.replicated_to_global(mesh, x) for x in (prompt_ids, prompt_mask)),
-            features,
-            *(multihost.replicated_to_global(mesh, x) for x in (response_ids, response_mask)),
-            multihost.replicated_to_global(mesh, np.ones(len(prompt_ids), np.float32)),
-            None,
-            None,
-        )
-    )
-    return {"nll": -float(metrics["logp_mean"]), "grad_norm": float(metrics["grad_norm"])}
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """What a training stage brings to the shared loop."""
+
+    read_records: Callable  # (annotations path, policy) -> records
+    reasoning_prompt: bool  # whether the loader appends the format instruction to questions
+    make_trainer: Callable  # (config, model, mesh, tokenizer, total steps) -> Trainer
+    step: Callable  # (trainer, loader batch, key) -> metrics
 
 
-def grpo_step(trainer: GRPOTrainer, batch: dict[str, Any], key) -> dict[str, float]:
-    return trainer.step(batch["prompt_ids"], batch["prompt_mask"], batch["pixels"], batch["answers"], key)
+def _sft_trainer(config: TrainConfig, model, mesh, tokenizer, total: int) -> Trainer:
+    return SFTTrainer(model, sft_config(config, total), pad_id=pad_id(tokenizer), mesh=mesh)
 
 
-def train(config: TrainConfig, *, sft: bool) -> Path:
-    """Run (or resume) training; returns the directory of the final model."""
+def _grpo_trainer(config: TrainConfig, model, mesh, tokenizer, total: int) -> Trainer:
+    grpo = grpo_config(config, total, eos=eos_id(tokenizer), pad=pad_id(tokenizer))
+    return GRPOTrainer(model, grpo, mesh=mesh, tokenizer=tokenizer, reward_config=config.reward)
+
+
+STAGES = {
+    "sft": Stage(
+        read_records=read_cold_start_json,
+        reasoning_prompt=False,
+        make_trainer=_sft_trainer,
+        step=lambda trainer, b, key: trainer.step(
+            b["prompt_ids"], b["prompt_mask"], b["pixels"], b["response_ids"], b["response_mask"]
+        ),
+    ),
+    "grpo": Stage(
+        read_records=read_grpo_jsonl,
+        reasoning_prompt=True,
+        make_trainer=_grpo_trainer,
+        step=lambda trainer, b, key: trainer.step(b["prompt_ids"], b["prompt_mask"], b["pixels"], b["answers"], key),
+    ),
+}
+
+
+def train(config: TrainConfig, *, stage: str) -> Path:
+    """Run (or resume) training of `stage` ("sft" or "grpo"); returns the final model's directory."""
+    spec = STAGES[stage]
     out = Path(config.run.output_dir)
     root = Path(config.data.root)
     if not root.is_dir():
@@ -137,12 +156,12 @@ def train(config: TrainConfig, *, sft: bool) -> Path:
         print(f"effective settings: {json.dumps(settings)}", file=sys.stderr, flush=True)
         out.mkdir(parents=True, exist_ok=True)
         (out / "run_config.json").write_text(
-            json.dumps({"stage": "sft" if sft else "grpo", "config": to_dict(config), "effective": settings}, indent=2)
+            json.dumps({"stage": stage, "config": to_dict(config), "effective": settings}, indent=2)
         )
     tokenizer = load_tokenizer(config.run.tokenizer)
     model, model_config = config.model.build(seed=config.run.seed)
     policy = BadInputPolicy(config.data.bad_input)
-    records = (read_cold_start_json if sft else read_grpo_jsonl)(annotations, policy)
+    records = spec.read_records(annotations, policy)
     d = config.data
     loader_config = dataclasses.replace(
         d,
@@ -150,7 +169,7 @@ def train(config: TrainConfig, *, sft: bool) -> Path:
         image_size=model_config.vision.image_size,
         visual_tokens=model_config.num_visual_tokens,
         num_epochs=config.run.epochs,
-        reasoning_prompt=not sft,
+        reasoning_prompt=spec.reasoning_prompt,
     )
     loader = VideoQALoader(
         records, root, tokenizer, loader_config, process_index=jax.process_index(), process_count=jax.process_count()
@@ -161,13 +180,7 @@ def train(config: TrainConfig, *, sft: bool) -> Path:
         total = min(total, config.run.max_steps)
     if total <= 0:
         raise ConfigError(f"data: {len(records)} records give no step of batch_size {d.batch_size}")
-    trainer = GRPOTrainer(
-        model,
-        grpo_config(config, total, sft=sft, eos_id=tokenizer.eos_token_id),
-        mesh=mesh,
-        tokenizer=tokenizer,
-        reward_config=config.reward,
-    )
+    trainer = spec.make_trainer(config, model, mesh, tokenizer, total)
     checkpointer = TrainCheckpointer(out / "checkpoints", keep_last=config.run.keep_last)
     start = 0
     latest = checkpointer.latest_step()
@@ -181,7 +194,6 @@ def train(config: TrainConfig, *, sft: bool) -> Path:
         loader.set_state(json.loads(meta["loaders"][jax.process_index()]))
         start = meta["step"]
     base_key = jax.random.key(config.run.seed)
-    step_fn: Callable = sft_step if sft else grpo_step
     logger = MetricsLogger(out, total, start, enabled=jax.process_index() == 0)
     for step in range(start, total):
         try:
@@ -191,7 +203,7 @@ def train(config: TrainConfig, *, sft: bool) -> Path:
                 f"the data ran out at step {step + 1} of {total}; samples: {loader.policy.summary()}"
             ) from None
         key = jax.random.fold_in(base_key, step)  # a pure function of the step: resumes exactly
-        metrics = step_fn(trainer, batch, key)
+        metrics = spec.step(trainer, batch, key)
         logger.log(step + 1, metrics)
         if (step + 1) % config.run.save_every == 0 or step + 1 == total:
             checkpointer.save(
@@ -214,18 +226,17 @@ def train(config: TrainConfig, *, sft: bool) -> Path:
     return save_final(trainer, out, config, tokenizer)
 
 
-def save_final(trainer: GRPOTrainer, out: Path, config: TrainConfig, tokenizer) -> Path:
+def save_final(trainer: Trainer, out: Path, config: TrainConfig, tokenizer) -> Path:
     final = out / "final"
     if jax.process_index() == 0 and final.exists():
         shutil.rmtree(final)
     multihost.barrier("final-cleared")
     # Every process takes part in the (orbax) parameter save; the first writes the rest.
-    model = nnx.merge(trainer.graphdef, {**trainer.frozen, **trainer.trainable})
-    save_pretrained(final, model, "tinyllava")
+    save_pretrained(final, trainer.model())
     if jax.process_index() != 0:
         return final
     tokenizer.save_pretrained(final / "tokenizer")
-    from jax_tinyr1.plot import plot_run
+    from jax_tinyr1.train.plot import plot_run
 
     plot_run(out)
     if config.run.export_hf:
@@ -235,7 +246,7 @@ def save_final(trainer: GRPOTrainer, out: Path, config: TrainConfig, tokenizer) 
     return final
 
 
-def main(argv: list[str] | None, *, sft: bool, description: str) -> int:
+def main(argv: list[str] | None, *, stage: str, description: str) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description=description)
@@ -249,7 +260,6 @@ def main(argv: list[str] | None, *, sft: bool, description: str) -> int:
     parser.add_argument("--device-memory-gib", type=float, default=None, help="with --plan: the budget per device")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. objective.beta=0")
     args = parser.parse_intermixed_args(argv)
-    stage = "sft" if sft else "grpo"
     try:
         config = load_config(args.config, args.overrides, stage=stage)
         if args.plan:
@@ -259,7 +269,7 @@ def main(argv: list[str] | None, *, sft: bool, description: str) -> int:
             return plan.run_plan(config, stage=stage, device_memory_gib=args.device_memory_gib)
         if args.device_memory_gib is not None:
             raise ConfigError("--device-memory-gib applies to --plan only")
-        final = train(config, sft=sft)
+        final = train(config, stage=stage)
     except (ConfigError, DataError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

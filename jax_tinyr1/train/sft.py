@@ -2,7 +2,7 @@
 
     python -m jax_tinyr1.train.sft --config configs/FILE.yaml [section.key=value ...]
 
-The language model and the connector are trained, the vision tower is frozen. Data: the
+What trains is `sft.trainable` (the language model and the connector by default). Data: the
 cold-start JSON format (`data.train`); only the response and <|endoftext|> are supervised.
 """
 
@@ -11,4 +11,4 @@ import sys
 from jax_tinyr1.train.run import main
 
 if __name__ == "__main__":
-    sys.exit(main(None, sft=True, description=__doc__))
+    sys.exit(main(None, stage="sft", description=__doc__))

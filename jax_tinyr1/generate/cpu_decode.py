@@ -7,18 +7,27 @@ of the stacked arrays, and a skinny [rows, in] @ [in, out] product runs at about
 rate of [out, in] @ [in, rows]. So the rollout takes, once, `decode_weights`: every layer's
 kernels as their own transposed [out, in] arrays in the compute dtype. `decode_step` keeps
 the hidden state feature-major ([D, rows]) and runs the layers as straight-line code. The
-arithmetic is that of `hidden_states` with a cache; the tests hold the two equal.
+arithmetic is `qwen2.decoder_layer`'s, in its FEATURE_MAJOR layout; the tests hold the two
+paths equal. The accelerators take the scanned path (their matmul units do not care).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from jax_tinyr1.model.layers import DTYPES, rms_norm
-from jax_tinyr1.model.qwen2 import KVCache, Qwen2ForCausalLM, apply_rope, cached_attention, rope_cos_sin
+from jax_tinyr1.model.qwen2 import (
+    FEATURE_MAJOR,
+    KVCache,
+    Qwen2ForCausalLM,
+    cached_attention,
+    decoder_layer,
+    rope_cos_sin,
+)
 
 
 class DecodeWeights(NamedTuple):
@@ -49,36 +58,30 @@ def decode_weights(llm: Qwen2ForCausalLM) -> DecodeWeights:
     return jax.lax.optimization_barrier(weights)
 
 
+def _attend_layer(i, k_all, v_all, mask_b1ts, index, scale, q, key, val):
+    """Write layer i's new key/value into the stacked cache at `index` and attend over it."""
+    write = (i, 0, 0, index, 0)
+    k_all = jax.lax.dynamic_update_slice(k_all, key.transpose(0, 2, 1, 3)[None].astype(k_all.dtype), write)
+    v_all = jax.lax.dynamic_update_slice(v_all, val.transpose(0, 2, 1, 3)[None].astype(v_all.dtype), write)
+    out = cached_attention(q, k_all[i].astype(q.dtype), v_all[i].astype(q.dtype), mask_b1ts, scale)
+    return out, (k_all, v_all)
+
+
 def decode_step(
     llm: Qwen2ForCausalLM, weights: DecodeWeights, token_b: jax.Array, position_b: jax.Array, cache: KVCache
 ) -> tuple[jax.Array, KVCache]:
     """Logits [B, vocab] (float32) of one new token per row, written at slot `cache.index`."""
     c = llm.config
-    n, k, h = c.num_heads, c.num_kv_heads, c.head_dim
     b = token_b.shape[0]
     index = cache.index
     x_db = llm.embed_tokens(token_b).T
-    dtype = x_db.dtype
-    cos, sin = rope_cos_sin(position_b[:, None], h, c.rope_theta)
+    cos, sin = rope_cos_sin(position_b[:, None], c.head_dim, c.rope_theta)
     valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, jnp.ones((b, 1), bool), (0, index))
     mask_b1ts = (valid_bs & (jnp.arange(valid_bs.shape[1]) <= index))[:, None, None, :]
-    k_all, v_all = cache.k_lbksh, cache.v_lbksh
-
-    def heads(x_db, count):  # [count * h, B] -> [B, 1, count, h]
-        return x_db.reshape(count, h, b).transpose(2, 0, 1)[:, None]
-
-    for i, p in enumerate(weights.layers):
-        y = rms_norm(x_db, p["input_norm"], c.rms_norm_eps, axis=0)
-        q = apply_rope(heads(p["q_kernel"] @ y + p["q_bias"], n), cos, sin)
-        key = apply_rope(heads(p["k_kernel"] @ y + p["k_bias"], k), cos, sin)
-        val = heads(p["v_kernel"] @ y + p["v_bias"], k)
-        write = (i, 0, 0, index, 0)
-        k_all = jax.lax.dynamic_update_slice(k_all, key.transpose(0, 2, 1, 3)[None].astype(k_all.dtype), write)
-        v_all = jax.lax.dynamic_update_slice(v_all, val.transpose(0, 2, 1, 3)[None].astype(v_all.dtype), write)
-        attn = cached_attention(q, k_all[i].astype(dtype), v_all[i].astype(dtype), mask_b1ts, h**-0.5)
-        x_db = x_db + p["o_kernel"] @ attn.reshape(b, n * h).T
-        y = rms_norm(x_db, p["post_attention_norm"], c.rms_norm_eps, axis=0)
-        x_db = x_db + p["down_kernel"] @ (jax.nn.silu(p["gate_kernel"] @ y) * (p["up_kernel"] @ y))
+    kv = (cache.k_lbksh, cache.v_lbksh)
+    for i, p in enumerate(weights.layers):  # straight-line code: no per-step slicing of stacked weights
+        attend = functools.partial(_attend_layer, i, *kv, mask_b1ts, index, c.head_dim**-0.5)
+        x_db, kv = decoder_layer(c, p, x_db, cos, sin, attend, FEATURE_MAJOR)
     h_db = rms_norm(x_db, weights.final_norm, c.rms_norm_eps, axis=0)
     logits_vb = weights.head_vd @ h_db
     # The sampler wants [B, vocab]. XLA:CPU transposes a [vocab, B] array slower than it
@@ -88,4 +91,4 @@ def decode_step(
     logits_bv = jax.lax.dot_general(
         identity, logits_vb, (((1,), (1,)), ((), ())), precision="highest", preferred_element_type=jnp.float32
     )
-    return logits_bv, KVCache(k_all, v_all, valid_bs, index + 1)
+    return logits_bv, KVCache(*kv, valid_bs, index + 1)

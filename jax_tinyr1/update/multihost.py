@@ -12,7 +12,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-from jax_tinyr1.grpo.step import batch_sharding
+from jax_tinyr1.model.sharding import batch_sharding
 
 
 def _blocks_follow_processes(sharding: NamedSharding, global_shape: tuple[int, ...], local_rows: int) -> bool:

@@ -1,6 +1,6 @@
 """PNG plots of a run, like the paper's Figures 4-5: reward, response length, KL, accuracy.
 
-python -m jax_tinyr1.plot RUN_DIR
+python -m jax_tinyr1.train.plot RUN_DIR
 """
 
 from __future__ import annotations

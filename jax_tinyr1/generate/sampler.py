@@ -7,7 +7,7 @@ mathematically. Each prompt is prefilled once and its cache copied to its G rows
 one `lax.while_loop` decodes one token per step for all B x G rows over the preallocated
 cache, stopping early once every row has produced EOS. Shapes are static, the parameters
 are arguments and the cache lives inside the loop, so one compilation serves every step.
-On CPU the loop runs `qwen2_decode.decode_step` (per-layer transposed weights, copied once
+On CPU the loop runs `cpu_decode.decode_step` (per-layer transposed weights, copied once
 per rollout); elsewhere the model's scanned layers.
 """
 
@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_tinyr1.grpo.sampling import SamplingConfig, sample_tokens
+from jax_tinyr1.generate.cpu_decode import decode_step, decode_weights
+from jax_tinyr1.generate.sampling import SamplingConfig, sample_tokens
 from jax_tinyr1.model.qwen2 import KVCache, Qwen2ForCausalLM
-from jax_tinyr1.model.qwen2_decode import decode_step, decode_weights
 
 DECODE_PATHS = ("auto", "scan", "cpu")
 
@@ -57,7 +57,7 @@ def generate(
     decode_path: str = "auto",
 ) -> Rollout:
     """Sample `group_size` completions per prompt. Call under jit (see `make_sampler`).
-    `decode_path`: "scan" (the model's scanned layers), "cpu" (`qwen2_decode`), or "auto"
+    `decode_path`: "scan" (the model's scanned layers), "cpu" (`cpu_decode`), or "auto"
     (the latter on the CPU backend); both compute the same thing."""
     if decode_path not in DECODE_PATHS:
         raise ValueError(f"decode_path must be one of {DECODE_PATHS}, got {decode_path!r}")

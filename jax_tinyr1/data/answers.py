@@ -1,0 +1,57 @@
+"""The answer conventions, in one place: the `<answer>...</answer>` block, option letters,
+and how a label or a model's output names an option. Read by the annotation readers (labels),
+the rewards (completions) and the evaluation (predictions)."""
+
+from __future__ import annotations
+
+import re
+import string
+
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_PARENTHESISED = re.compile(r"\(([A-Za-z])\)")
+LETTERS = string.ascii_uppercase  # option i is LETTERS[i]
+OPTION_LETTERS = LETTERS[:10]  # A..J: more options than any benchmark has
+
+
+def option_lines(options) -> str:
+    """ "A. first\\nB. second..." as the questions list their options."""
+    return "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+
+
+def answer_content(text: str) -> str | None:
+    """Content of the first <answer>...</answer> block (may span lines), or None."""
+    match = _ANSWER.search(text)
+    return None if match is None else match.group(1)
+
+
+def parse_option_letter(answer: str, letters: str = OPTION_LETTERS) -> str | None:
+    """The option letter an answer names, upper-cased, or None.
+
+    Its first character when that is an option letter: an upper-case one always ("B",
+    "B. a dog", "Bus" -> B, as the original's first-character rule), a lower-case one only
+    when no letter follows it ("b", "b)"; "dog" is a word, not option D). Otherwise the
+    first "(X)" inside it.
+    """
+    answer = answer.strip()
+    if answer:
+        first = answer[0]
+        word_follows = len(answer) > 1 and answer[1].isalpha()
+        if first.upper() in letters and (first.isupper() or not word_follows):
+            return first.upper()
+    match = _PARENTHESISED.search(answer)
+    if match and match.group(1).upper() in letters:
+        return match.group(1).upper()
+    return None
+
+
+def label_letter(label: str) -> str | None:
+    """Labels come as "X" or as "<answer>X</answer>"."""
+    inner = answer_content(label)
+    return parse_option_letter(label if inner is None else inner)
+
+
+def parse_prediction(text: str, num_options: int, *, tagged: bool = True) -> str | None:
+    """The option letter inside <answer>...</answer>, or None. `tagged=False` reads the whole
+    text as the answer (a model asked the plain question answers with the letter alone)."""
+    content = answer_content(text) if tagged else text
+    return None if content is None else parse_option_letter(content, LETTERS[:num_options])

@@ -1,0 +1,1 @@
+"""The supervised stage (the paper's cold start): maximum likelihood of annotated responses."""
