@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import jax
-import ml_dtypes
 import numpy as np
 from flax import nnx
 from jax.sharding import SingleDeviceSharding
@@ -35,7 +34,7 @@ from jax_tinyr1.model.config_io import load_model_config
 from jax_tinyr1.model.layers import DTYPES
 from jax_tinyr1.model.registry import MODEL_TYPES, type_of
 
-NP_DTYPES = {name: np.dtype(ml_dtypes.bfloat16 if name == "bfloat16" else name) for name in DTYPES}
+NP_DTYPES = {name: np.dtype(jax_type) for name, jax_type in DTYPES.items()}
 
 
 class LazyParams(Mapping):

@@ -20,16 +20,16 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 from flax import nnx
 
 from checkpoints_convert.families import get_family
 from checkpoints_convert.mapping import flatten, import_leaves
-from checkpoints_convert.safetensors_io import DTYPE_NAMES, SafetensorsReader
+from checkpoints_convert.safetensors_io import SafetensorsReader
 from jax_tinyr1.model.checkpoint import abstract_model, save_params_leafwise
 from jax_tinyr1.model.config_io import save_model_config
+from jax_tinyr1.model.layers import DTYPES, STORAGE_DTYPES
 from jax_tinyr1.model.registry import type_from_hf, type_of
-
-HF_DTYPE_NAMES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
 
 def convert(model_type: str | None, hf_dir: Path, out: Path, *, overwrite: bool = False, **config_overrides):
@@ -56,8 +56,9 @@ def convert(model_type: str | None, hf_dir: Path, out: Path, *, overwrite: bool 
         ignored_hf_keys=[prefix + k for k in family.ignored_hf_keys(config)],
     )
     # The dtype most tensors had, so that an export defaults to the file's own precision.
-    counts = Counter(DTYPE_NAMES[t.dtype] for t in reader.tensors.values())
-    hf_dtype = HF_DTYPE_NAMES.get(counts.most_common(1)[0][0], "float32")
+    counts = Counter(np.dtype(t.dtype).name for t in reader.tensors.values())
+    hf_dtype = counts.most_common(1)[0][0]
+    hf_dtype = hf_dtype if hf_dtype in DTYPES else "float32"
 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: exists and is not empty (pass --overwrite)")
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--param-dtype",
         default="float32",
-        choices=["float32", "bfloat16"],
+        choices=STORAGE_DTYPES,
         help="dtype of the stored (master) parameters",
     )
     parser.add_argument("--overwrite", action="store_true")

@@ -173,5 +173,5 @@ class TorchTinyLlava(nn.Module):
         return tensors
 
 
-def nchw(pixels_nhwc: np.ndarray) -> torch.Tensor:
-    return torch.tensor(np.ascontiguousarray(np.moveaxis(pixels_nhwc, -1, -3)))
+def nchw(pixels_byx3: np.ndarray) -> torch.Tensor:
+    return torch.tensor(np.ascontiguousarray(np.moveaxis(pixels_byx3, -1, -3)))

@@ -122,9 +122,9 @@ def generate(
     return Rollout(tokens, completion_mask, logps * completion_mask, completion_mask.sum(axis=1), ~done)
 
 
-def completion_mask_from_tokens(tokens_bn, eos_id: int) -> jax.Array:
+def completion_mask_from_tokens(tokens_bt, eos_id: int) -> jax.Array:
     """1 up to and including the first EOS (all ones when there is none)."""
-    is_eos = tokens_bn == eos_id
+    is_eos = tokens_bt == eos_id
     eos_before = jnp.cumsum(is_eos, axis=1) - is_eos  # EOS strictly before this token
     return (eos_before == 0).astype(jnp.int32)
 

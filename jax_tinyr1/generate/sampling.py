@@ -71,7 +71,7 @@ def kth_largest_key(keys_bv: jax.Array, k: int) -> jax.Array:
 
 
 def _blocks(x_bv: jax.Array, fill: float) -> jax.Array:
-    """[B, V] -> [B, ceil(V / BLOCK), BLOCK], padded with `fill`."""
+    """[B, V] -> [B, C, J] (C = ceil(V / BLOCK) blocks of J = BLOCK), padded with `fill`."""
     pad = -x_bv.shape[-1] % BLOCK
     if pad:
         x_bv = jnp.pad(x_bv, ((0, 0), (0, pad)), constant_values=fill)
@@ -90,7 +90,7 @@ def top_k_threshold(x_bv: jax.Array, k: int) -> jax.Array:
     num_blocks = xb.shape[1]
     if k >= num_blocks:  # short rows: search the whole row
         return _from_order_keys(kth_largest_key(_order_keys(x_bv), k))
-    block_max = _order_keys(jnp.max(xb, axis=-1))  # [B, NB]
+    block_max = _order_keys(jnp.max(xb, axis=-1))  # [B, C] block maxima
     kth_max = kth_largest_key(block_max, k)
     above, tied = block_max > kth_max, block_max == kth_max
     rank = jnp.where(
@@ -98,7 +98,7 @@ def top_k_threshold(x_bv: jax.Array, k: int) -> jax.Array:
         jnp.cumsum(above, axis=-1),
         jnp.where(tied, jnp.sum(above, axis=-1, keepdims=True) + jnp.cumsum(tied, axis=-1), 0),
     )
-    chosen = rank[:, :, None] == jnp.arange(1, k + 1)  # [B, NB, k]: block of rank j+1
+    chosen = rank[:, :, None] == jnp.arange(1, k + 1)  # [B, C, k]: block of rank j+1
     index = jnp.sum(jnp.where(chosen, jnp.arange(num_blocks)[None, :, None], 0), axis=1)
     candidates = jnp.take_along_axis(xb, index[:, :, None], axis=1).reshape(x_bv.shape[0], -1)
     return _from_order_keys(kth_largest_key(_order_keys(candidates), k))
@@ -120,16 +120,16 @@ def filter_logits(logits_bv: jax.Array, top_k: int, top_p: float) -> jax.Array:
     return logits_bv
 
 
-def _last_positive(w_bn: jax.Array) -> jax.Array:
-    return w_bn.shape[-1] - 1 - jnp.argmax(w_bn[:, ::-1] > 0, axis=-1)
+def _last_positive(weights: jax.Array) -> jax.Array:
+    return weights.shape[-1] - 1 - jnp.argmax(weights[:, ::-1] > 0, axis=-1)
 
 
-def _inverse_cdf(key: jax.Array, w_bn: jax.Array) -> jax.Array:
-    """An index drawn with probability proportional to the non-negative weights [B, N]; never
+def _inverse_cdf(key: jax.Array, weights: jax.Array) -> jax.Array:
+    """An index drawn with probability proportional to the non-negative weights [B, entries]; never
     one of weight zero (rounding past the end falls back to the last positive weight)."""
-    cdf = jnp.cumsum(w_bn, axis=-1)
-    u = jax.random.uniform(key, (w_bn.shape[0], 1)) * cdf[:, -1:]
-    return jnp.minimum(jnp.sum(cdf <= u, axis=-1), _last_positive(w_bn))
+    cdf = jnp.cumsum(weights, axis=-1)
+    u = jax.random.uniform(key, (weights.shape[0], 1)) * cdf[:, -1:]
+    return jnp.minimum(jnp.sum(cdf <= u, axis=-1), _last_positive(weights))
 
 
 def sample_from_weights(key: jax.Array, weights_bv: jax.Array) -> jax.Array:

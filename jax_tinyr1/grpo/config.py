@@ -7,6 +7,8 @@ import dataclasses
 from jax_tinyr1.derived import derived
 from jax_tinyr1.generate.sampling import SamplingConfig
 from jax_tinyr1.grpo.loss import ObjectiveConfig
+from jax_tinyr1.model.layers import STORAGE_DTYPES
+from jax_tinyr1.model.validation import require_dtype
 from jax_tinyr1.update.optimizer import OptimizerConfig
 from jax_tinyr1.update.params import TRAINABLE_DEFAULT, check_trainable
 
@@ -30,6 +32,5 @@ class GRPOConfig:
             raise ValueError(f"grpo.group_size must be >= 1, got {self.group_size}")
         if self.updates_per_rollout < 1 or self.micro_batches < 1 or self.logprob_chunk < 1:
             raise ValueError("grpo.updates_per_rollout, grpo.micro_batches and grpo.logprob_chunk must be >= 1")
-        if self.reference_dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"grpo.reference_dtype must be 'float32' or 'bfloat16', got {self.reference_dtype!r}")
+        require_dtype("grpo.reference_dtype", self.reference_dtype, STORAGE_DTYPES)
         check_trainable(self.trainable, "grpo.trainable")

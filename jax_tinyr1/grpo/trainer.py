@@ -18,6 +18,7 @@ from jax_tinyr1.generate.sampler import Rollout, generate
 from jax_tinyr1.grpo.advantages import group_advantages
 from jax_tinyr1.grpo.config import GRPOConfig
 from jax_tinyr1.grpo.update import Batch, make_grpo_update, make_logps
+from jax_tinyr1.model.layers import DTYPES
 from jax_tinyr1.rewards import RewardConfig, batch_rewards
 from jax_tinyr1.update import multihost
 from jax_tinyr1.update.params import visual_tokens
@@ -42,7 +43,7 @@ def reference_copy(trainable: dict, config: GRPOConfig) -> dict | None:
     `reference_dtype`), or None when the objective has no KL term."""
     if config.objective.beta == 0:
         return None
-    dtype = jnp.dtype(config.reference_dtype)
+    dtype = DTYPES[config.reference_dtype]
     return jax.tree.map(lambda x: x.astype(dtype) if x.dtype != dtype else jnp.copy(x), trainable)
 
 

@@ -21,11 +21,11 @@ class Batch(NamedTuple):
     prompt_ids: jax.Array  # [R, T] with one image placeholder per row
     prompt_mask: jax.Array  # [R, T]
     vision_input: jax.Array  # [B, ...] one per prompt: frozen vision features, or frames (params.py)
-    tokens: jax.Array  # [R, N]
-    completion_mask: jax.Array  # [R, N]
+    tokens: jax.Array  # [R, T]
+    completion_mask: jax.Array  # [R, T]
     advantages: jax.Array  # [R]
-    old_logps: jax.Array | None  # [R, N], None: on-policy (ratio = 1)
-    ref_logps: jax.Array | None  # [R, N], None when beta = 0
+    old_logps: jax.Array | None  # [R, T], None: on-policy (ratio = 1)
+    ref_logps: jax.Array | None  # [R, T], None when beta = 0
 
 
 def _logps(graphdef, config: GRPOConfig):
@@ -44,7 +44,7 @@ def _logps(graphdef, config: GRPOConfig):
 
 
 def make_logps(graphdef, config: GRPOConfig):
-    """logps(trainable, frozen, batch) -> [R, N]: old-policy or reference log-probs."""
+    """logps(trainable, frozen, batch) -> [R, T]: old-policy or reference log-probs."""
     logps = _logps(graphdef, config)
     return map_micro_batches(lambda t, f, b: logps(t, f, b)[0], config.micro_batches)
 

@@ -92,30 +92,30 @@ def group_slices(seq_len: int, groups: int) -> list[tuple[int, int]]:
     return [(int(s), int(s + n)) for s, n in zip(starts, sizes, strict=True)]
 
 
-def _perceiver_layer(config: ConnectorConfig, p, media_bgmd, media_valid_gm, latents_bgqd):
+def _perceiver_layer(config: ConnectorConfig, p, media_bupd, media_valid_up, latents_buqd):
     """One [attention + residual, feed-forward + residual] step on every group at once."""
-    b, g, q_len, _ = latents_bgqd.shape
+    b, g, q_len, _ = latents_buqd.shape
     h, dh = config.heads, config.dim_head
-    media = layer_norm(media_bgmd, p["norm_media_scale"], p["norm_media_bias"], NORM_EPS)
-    lat = layer_norm(latents_bgqd, p["norm_latents_scale"], p["norm_latents_bias"], NORM_EPS)
+    media = layer_norm(media_bupd, p["norm_media_scale"], p["norm_media_bias"], NORM_EPS)
+    lat = layer_norm(latents_buqd, p["norm_latents_scale"], p["norm_latents_bias"], NORM_EPS)
     q = dense(lat, p["to_q"]) * dh**-0.5
     kv = dense(jnp.concatenate([media, lat], axis=2), p["to_kv"])
     k, v = kv[..., : config.inner_dim], kv[..., config.inner_dim :]
 
-    def heads(x):  # [B, G, N, (h d)] -> [B, G, h, N, d]
+    def heads(x):  # [B, U, J, (h d)] -> [B, U, h, J, d]
         return x.reshape(*x.shape[:3], h, dh).transpose(0, 1, 3, 2, 4)
 
     sim = jnp.einsum("bghid,bghjd->bghij", heads(q), heads(k))
     # Padded media slots (uneven groups) are masked; the latents themselves are always keys.
-    key_valid = jnp.concatenate([media_valid_gm, jnp.ones((g, q_len), bool)], axis=1)
+    key_valid = jnp.concatenate([media_valid_up, jnp.ones((g, q_len), bool)], axis=1)
     sim = jnp.where(key_valid[None, :, None, None, :], sim, -jnp.inf)
     attn = jax.nn.softmax(sim.astype(jnp.float32), axis=-1).astype(sim.dtype)
     out = jnp.einsum("bghij,bghjd->bghid", attn, heads(v)).transpose(0, 1, 3, 2, 4).reshape(b, g, q_len, -1)
-    latents_bgqd = latents_bgqd + dense(out, p["to_out"])
+    latents_buqd = latents_buqd + dense(out, p["to_out"])
 
-    y = layer_norm(latents_bgqd, p["ff_norm_scale"], p["ff_norm_bias"], NORM_EPS)
+    y = layer_norm(latents_buqd, p["ff_norm_scale"], p["ff_norm_bias"], NORM_EPS)
     y = dense(jax.nn.gelu(dense(y, p["ff_in"]), approximate=False), p["ff_out"])
-    return latents_bgqd + y
+    return latents_buqd + y
 
 
 class GroupResampler(nnx.Module):
@@ -148,18 +148,18 @@ class GroupResampler(nnx.Module):
         self.norm_scale = nnx.Param(ones(rngs.params(), (d,), pd), axes=("norm",))
         self.norm_bias = nnx.Param(zeros(rngs.params(), (d,), pd), axes=("norm",))
 
-    def __call__(self, features_bsv: jax.Array) -> jax.Array:
-        """Visual features [B, S, vision width] -> visual embeddings [B, num_queries, D]."""
+    def __call__(self, features_bpe: jax.Array) -> jax.Array:
+        """Vision features [B, P, E] -> visual tokens [B, M, D] (M = num_queries)."""
         c = self.config
         dtype = DTYPES[c.dtype]
-        x_bsd = dense(features_bsv.astype(dtype), self.linear_kernel[...], self.linear_bias[...])
-        b, s, d = x_bsd.shape
+        x_bpd = dense(features_bpe.astype(dtype), self.linear_kernel[...], self.linear_bias[...])
+        b, s, d = x_bpd.shape
         slices = group_slices(s, c.groups)
         longest = max(end - start for start, end in slices)
-        # Gather the groups into a padded [B, G, longest, D] block (static indices).
-        index_gm = np.array([[min(start + j, end - 1) for j in range(longest)] for start, end in slices])
+        # Gather the groups into a padded [B, U, longest, D] block (static indices).
+        index_up = np.array([[min(start + j, end - 1) for j in range(longest)] for start, end in slices])
         valid_gm = np.array([[start + j < end for j in range(longest)] for start, end in slices])
-        media = x_bsd[:, index_gm]
+        media = x_bpd[:, index_up]
         latents = jnp.broadcast_to(self.latents[...].astype(dtype), (b, c.groups, c.latents_per_group, d))
         params = {name: var[...] for name, var in self.layers.items()}
         latents, _ = jax.lax.scan(

@@ -6,7 +6,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+# The one dtype table: the names configs, checkpoints and exports use, and their types.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# What a stored copy beside float32 master weights may be kept in (the GRPO reference
+# weights, the Adam moments): full precision or bf16's half memory (float16's range is too
+# small for moments).
+STORAGE_DTYPES = ("float32", "bfloat16")
 
 
 def dense(x: jax.Array, kernel_io: jax.Array, bias_o: jax.Array | None = None) -> jax.Array:

@@ -112,16 +112,16 @@ def apply_rope(x_btnh: jax.Array, cos_bth: jax.Array, sin_bth: jax.Array) -> jax
 
 def cached_attention(q_btnh, k_bksh, v_bksh, mask_b1ts, scale: float) -> jax.Array:
     """Grouped-query attention of T queries over a [B, K, S, H] cache -> [B, T, N, H]; query
-    head n reads kv head n // (N / K), as HF's repeat_kv does. Softmax in float32."""
+    head n reads kv head n // A (A = N / K query heads per kv head), as HF's repeat_kv does. Softmax in float32."""
     b, t, n, h = q_btnh.shape
     k = k_bksh.shape[1]
-    q_bkgth = q_btnh.reshape(b, t, k, n // k, h).transpose(0, 2, 3, 1, 4)
-    scores = jnp.einsum("bkgth,bksh->bkgts", q_bkgth, k_bksh, preferred_element_type=jnp.float32) * scale
+    q_bkath = q_btnh.reshape(b, t, k, n // k, h).transpose(0, 2, 3, 1, 4)
+    scores = jnp.einsum("bkath,bksh->bkats", q_bkath, k_bksh, preferred_element_type=jnp.float32) * scale
     # A large finite negative, not -inf: a padding query sees no key at all and must give
     # finite (ignored) output, since its keys and values are cached and later multiplied by 0.
     scores = jnp.where(mask_b1ts[:, :, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_bksh.dtype)
-    out = jnp.einsum("bkgts,bksh->bkgth", probs, v_bksh)
+    out = jnp.einsum("bkats,bksh->bkath", probs, v_bksh)
     return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
@@ -138,9 +138,9 @@ class Layout(NamedTuple):
     merge_heads: Callable  # [B, T, heads, head_dim] -> x in this layout
 
 
-def _feature_major_project(x_fb, kernel_of, bias_o1=None):
-    y = kernel_of.astype(x_fb.dtype) @ x_fb
-    return y if bias_o1 is None else y + bias_o1.astype(x_fb.dtype)
+def _feature_major_project(x_db, kernel_oi, bias_o1=None):
+    y = kernel_oi.astype(x_db.dtype) @ x_db
+    return y if bias_o1 is None else y + bias_o1.astype(x_db.dtype)
 
 
 TOKEN_MAJOR = Layout(
@@ -152,7 +152,7 @@ TOKEN_MAJOR = Layout(
 FEATURE_MAJOR = Layout(
     feature_axis=0,
     project=_feature_major_project,
-    split_heads=lambda x_fb, count, h: x_fb.reshape(count, h, x_fb.shape[1]).transpose(2, 0, 1)[:, None],
+    split_heads=lambda x_db, count, h: x_db.reshape(count, h, x_db.shape[1]).transpose(2, 0, 1)[:, None],
     merge_heads=lambda a_b1nh: a_b1nh.reshape(a_b1nh.shape[0], -1).T,
 )
 

@@ -61,19 +61,19 @@ class SiglipConfig:
         return self.num_patches - int(self.drop_first_patch)
 
 
-def _encoder_layer(config: SiglipConfig, p: dict[str, jax.Array], x_bnd: jax.Array) -> jax.Array:
-    x_bnd = constrain_batch(x_bnd)
-    b, n, d = x_bnd.shape
+def _encoder_layer(config: SiglipConfig, p: dict[str, jax.Array], x_bpe: jax.Array) -> jax.Array:
+    x_bpe = constrain_batch(x_bpe)
+    b, n, d = x_bpe.shape
     heads, eps = config.num_heads, config.layer_norm_eps
-    y = layer_norm(x_bnd, p["ln1_scale"], p["ln1_bias"], eps)
+    y = layer_norm(x_bpe, p["ln1_scale"], p["ln1_bias"], eps)
     q, k, v = (
         dense(y, p[f"{name}_kernel"], p[f"{name}_bias"]).reshape(b, n, heads, d // heads) for name in ("q", "k", "v")
     )
     attn = jax.nn.dot_product_attention(q, k, v, scale=(d // heads) ** -0.5).reshape(b, n, d)
-    x_bnd = x_bnd + dense(attn, p["o_kernel"], p["o_bias"])
-    y = layer_norm(x_bnd, p["ln2_scale"], p["ln2_bias"], eps)
+    x_bpe = x_bpe + dense(attn, p["o_kernel"], p["o_bias"])
+    y = layer_norm(x_bpe, p["ln2_scale"], p["ln2_bias"], eps)
     y = jax.nn.gelu(dense(y, p["fc1_kernel"], p["fc1_bias"]), approximate=True)
-    return constrain_batch(x_bnd + dense(y, p["fc2_kernel"], p["fc2_bias"]))
+    return constrain_batch(x_bpe + dense(y, p["fc2_kernel"], p["fc2_bias"]))
 
 
 class SiglipVisionModel(nnx.Module):
@@ -127,31 +127,31 @@ class SiglipVisionModel(nnx.Module):
                 }
             )
 
-    def embed_patches(self, pixels_nhwc: jax.Array) -> jax.Array:
+    def embed_patches(self, pixels_byx3: jax.Array) -> jax.Array:
         c = self.config
-        n, h, w, ch = pixels_nhwc.shape
+        n, h, w, ch = pixels_byx3.shape
         if (h, w, ch) != (c.image_size, c.image_size, c.num_channels):
             raise ValueError(
-                f"pixels must be [N, {c.image_size}, {c.image_size}, {c.num_channels}], got {pixels_nhwc.shape}"
+                f"pixels must be [B, {c.image_size}, {c.image_size}, {c.num_channels}], got {pixels_byx3.shape}"
             )
         P, g = c.patch_size, c.image_size // c.patch_size
         # A stride-P "valid" convolution: pixels past the last whole patch are never seen
         # (384 px with 14 px patches: 27 x 27 patches, the last 6 rows/columns unused).
-        x = pixels_nhwc[:, : g * P, : g * P].astype(DTYPES[c.dtype]).reshape(n, g, P, g, P, ch)
+        x = pixels_byx3[:, : g * P, : g * P].astype(DTYPES[c.dtype]).reshape(n, g, P, g, P, ch)
         patches = x.transpose(0, 1, 3, 2, 4, 5).reshape(n, g * g, P * P * ch)
         kernel = self.patch_kernel[...].reshape(P * P * ch, c.hidden_size)  # HWIO rows match (P, P, C)
         return dense(patches, kernel, self.patch_bias[...]) + self.position_embedding[...].astype(patches.dtype)
 
-    def hidden_state(self, pixels_nhwc: jax.Array, layer: int | None = None) -> jax.Array:
-        """HF `hidden_states[layer]` ([N, patches, D]); runs only the layers it needs."""
+    def hidden_state(self, pixels_byx3: jax.Array, layer: int | None = None) -> jax.Array:
+        """HF `hidden_states[layer]` ([B, P, E]); runs only the layers it needs."""
         c = self.config
         n_run = c.layers_to_run if layer is None else layer % (c.num_layers + 1)
-        x = self.embed_patches(pixels_nhwc)
+        x = self.embed_patches(pixels_byx3)
         params = {name: var[...][:n_run] for name, var in self.layers.items()}
         x, _ = jax.lax.scan(lambda x, p: (_encoder_layer(c, p, x), None), x, params)
         return x
 
-    def __call__(self, pixels_nhwc: jax.Array) -> jax.Array:
+    def __call__(self, pixels_byx3: jax.Array) -> jax.Array:
         """Video features: the selected hidden state, index 0 dropped when configured."""
-        x = self.hidden_state(pixels_nhwc)
+        x = self.hidden_state(pixels_byx3)
         return x[:, 1:] if self.config.drop_first_patch else x

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from jax_tinyr1.model.checkpoint import build_model, load_pretrained
 from jax_tinyr1.model.config_io import CONFIG_FILE, load_model_config
-from jax_tinyr1.model.layers import DTYPES
 from jax_tinyr1.model.presets import get_preset
 from jax_tinyr1.model.registry import type_of
 from jax_tinyr1.model.tinyllava import TinyLlavaConfig
+from jax_tinyr1.model.validation import require_dtype
 
 DEFAULT_PRESET = "tinyllava-video-tiny"  # the embedded default: runs anywhere, on CPU
 
@@ -35,8 +35,7 @@ class ModelSpec:
         if self.preset and self.checkpoint:
             raise ValueError("model.preset and model.checkpoint exclude each other: give one")
         for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in DTYPES:
-                raise ValueError(f"model.{name}: {getattr(self, name)!r} is not one of {sorted(DTYPES)}")
+            require_dtype(f"model.{name}", getattr(self, name))
         if self.scan_unroll < 1:
             raise ValueError(f"model.scan_unroll: must be >= 1, got {self.scan_unroll}")
 

@@ -4,9 +4,9 @@ prompt at the image placeholder -> Qwen2.
 The model owns the whole multimodal input path, one named method per stage, used by
 training, evaluation, the benches and `ask`:
 
-    frames [B, F, H, W, 3] --vision_features--> features [B, F*S, W]   (SigLIP, every frame)
-                           --visual_tokens-->   visual tokens [B, V, D] (the connector)
-                           --embed_inputs-->    prompt embeddings [B, T-1+V, D] (spliced in)
+    frames [B, F, Y, X, 3] --vision_features--> features [B, P, E]       (SigLIP, every frame)
+                           --visual_tokens-->   visual tokens [B, M, D]  (the connector)
+                           --embed_inputs-->    prompt embeddings [B, T-1+M, D] (spliced in)
 
 `encode_video` is the first two. Positions are a plain 0..N-1 range over the spliced
 sequence. Which parts train is the trainer's `trainable` switch, not a model setting.
@@ -84,30 +84,30 @@ class TinyLlavaVideo(nnx.Module):
         self.connector = GroupResampler(config.connector, rngs=rngs)
         self.llm = Qwen2ForCausalLM(config.llm, rngs=rngs)
 
-    def vision_features(self, pixels_bfhwc: jax.Array) -> jax.Array:
-        """Preprocessed frames [B, F, H, W, 3] -> the vision tower's features of every frame,
-        laid end to end [B, F * patches, W]."""
-        b, f = pixels_bfhwc.shape[:2]
-        features = self.vision(pixels_bfhwc.reshape(b * f, *pixels_bfhwc.shape[2:]))
+    def vision_features(self, pixels_bfyx3: jax.Array) -> jax.Array:
+        """Preprocessed frames [B, F, Y, X, 3] -> the vision tower's features of every frame,
+        laid end to end [B, P, E] (P = F x patches per frame)."""
+        b, f = pixels_bfyx3.shape[:2]
+        features = self.vision(pixels_bfyx3.reshape(b * f, *pixels_bfyx3.shape[2:]))
         return features.reshape(b, f * features.shape[1], features.shape[2])
 
-    def visual_tokens(self, features_bsw: jax.Array) -> jax.Array:
-        """Vision features [B, S, W] -> visual tokens [B, V, D] (the group resampler)."""
-        return self.connector(features_bsw)
+    def visual_tokens(self, features_bpe: jax.Array) -> jax.Array:
+        """Vision features [B, P, E] -> visual tokens [B, M, D] (the group resampler)."""
+        return self.connector(features_bpe)
 
-    def encode_video(self, pixels_bfhwc: jax.Array) -> jax.Array:
-        """Preprocessed frames [B, F, H, W, 3] -> visual tokens [B, V, D]."""
-        return self.visual_tokens(self.vision_features(pixels_bfhwc))
+    def encode_video(self, pixels_bfyx3: jax.Array) -> jax.Array:
+        """Preprocessed frames [B, F, Y, X, 3] -> visual tokens [B, M, D]."""
+        return self.visual_tokens(self.vision_features(pixels_bfyx3))
 
-    def embed_inputs(self, input_ids_bt: jax.Array, attention_mask_bt: jax.Array | None, visual_bvd: jax.Array):
-        """(input embeddings [B, T-1+V, D], attention mask) with the visual block spliced in."""
-        v = visual_bvd.shape[1]
+    def embed_inputs(self, input_ids_bt: jax.Array, attention_mask_bt: jax.Array | None, visual_bmd: jax.Array):
+        """(input embeddings [B, T-1+M, D], attention mask) with the visual block spliced in."""
+        v = visual_bmd.shape[1]
         if attention_mask_bt is None:
             attention_mask_bt = jnp.ones(input_ids_bt.shape, jnp.int32)
         is_visual, text_index, visual_index = splice_positions(input_ids_bt, v, self.config.image_token_index)
         safe_ids = jnp.where(input_ids_bt == self.config.image_token_index, 0, input_ids_bt)
         text = self.llm.embed_tokens(jnp.take_along_axis(safe_ids, text_index, axis=1))
-        visual = jnp.take_along_axis(visual_bvd.astype(text.dtype), visual_index[..., None], axis=1)
+        visual = jnp.take_along_axis(visual_bmd.astype(text.dtype), visual_index[..., None], axis=1)
         embeds = jnp.where(is_visual[..., None], visual, text)
         mask = jnp.where(is_visual, 1, jnp.take_along_axis(attention_mask_bt.astype(jnp.int32), text_index, axis=1))
         return embeds, mask
@@ -123,6 +123,6 @@ class TinyLlavaVideo(nnx.Module):
         return h, mask, cache
 
     def __call__(self, input_ids, attention_mask=None, *, pixels=None, visual_embeds=None):
-        """Logits [B, T-1+V, vocab] over the spliced sequence (text with one placeholder)."""
+        """Logits [B, T-1+M, V] over the spliced sequence (text with one placeholder)."""
         h, _, _ = self.hidden_states(input_ids, attention_mask, pixels=pixels, visual_embeds=visual_embeds)
         return self.llm.logits_from_hidden(h)

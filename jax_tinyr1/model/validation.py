@@ -12,9 +12,12 @@ def require_positive_ints(config, names) -> None:
             raise ValueError(f"{type(config).__name__}.{name} must be a positive int, got {value!r}")
 
 
+def require_dtype(key: str, value, allowed=tuple(DTYPES)) -> None:
+    """`value` must name a dtype of `allowed` (names of the DTYPES table)."""
+    if value not in allowed:
+        raise ValueError(f"{key} must be one of {sorted(allowed)}, got {value!r}")
+
+
 def require_dtypes(config, names=("param_dtype", "dtype")) -> None:
     for name in names:
-        if getattr(config, name) not in DTYPES:
-            raise ValueError(
-                f"{type(config).__name__}.{name} must be one of {sorted(DTYPES)}, got {getattr(config, name)!r}"
-            )
+        require_dtype(f"{type(config).__name__}.{name}", getattr(config, name))

@@ -35,14 +35,14 @@ class Batch(NamedTuple):
     prompt_ids: jax.Array  # [B, T] with one image placeholder per row
     prompt_mask: jax.Array  # [B, T]
     vision_input: jax.Array  # [B, ...] frozen vision features, or frames (update/params.py)
-    tokens: jax.Array  # [B, N] the response, ending with the end-of-text token
-    completion_mask: jax.Array  # [B, N]
+    tokens: jax.Array  # [B, T] the response, ending with the end-of-text token
+    completion_mask: jax.Array  # [B, T]
 
 
-def nll_loss(logps_bn: jax.Array, mask_bn: jax.Array) -> tuple[jax.Array, dict]:
+def nll_loss(logps_bt: jax.Array, mask_bt: jax.Array) -> tuple[jax.Array, dict]:
     """Mean negative log-likelihood over the batch's response tokens."""
-    mask = mask_bn.astype(jnp.float32)
-    nll = -jnp.sum(logps_bn * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    mask = mask_bt.astype(jnp.float32)
+    nll = -jnp.sum(logps_bt * mask) / jnp.maximum(jnp.sum(mask), 1.0)
     return nll, {"nll": nll}
 
 

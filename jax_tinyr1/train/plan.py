@@ -36,6 +36,7 @@ from jax.sharding import PartitionSpec as P
 from jax_tinyr1.grpo import update as grpo_update
 from jax_tinyr1.grpo.trainer import rollout_program
 from jax_tinyr1.model import abstract_model
+from jax_tinyr1.model.layers import DTYPES
 from jax_tinyr1.model.sharding import batch_sharding, make_mesh
 from jax_tinyr1.sft import objective as sft_objective
 from jax_tinyr1.train.config import ConfigError, TrainConfig
@@ -150,7 +151,7 @@ def plan_run(config: TrainConfig, *, stage: str, devices) -> list[ProgramPlan]:
     with_reference = not sft and stage_config.objective.beta != 0
     reference = (
         jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(stage_config.reference_dtype), sharding=x.sharding),
+            lambda x: jax.ShapeDtypeStruct(x.shape, DTYPES[stage_config.reference_dtype], sharding=x.sharding),
             trainable,
         )
         if with_reference

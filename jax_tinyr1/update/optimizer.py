@@ -12,7 +12,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jax_tinyr1.derived import derived
-from jax_tinyr1.model.layers import DTYPES
+from jax_tinyr1.model.layers import DTYPES, STORAGE_DTYPES
+from jax_tinyr1.model.validation import require_dtype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +40,7 @@ class OptimizerConfig:
             raise ValueError(f"optimizer.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1 and self.eps > 0):
             raise ValueError(f"optimizer needs 0 <= b1, b2 < 1 and eps > 0, got {self.b1}, {self.b2}, {self.eps}")
-        if self.state_dtype not in ("float32", "bfloat16"):  # of DTYPES, the two optax computes with
-            raise ValueError(f"optimizer.state_dtype must be 'float32' or 'bfloat16', got {self.state_dtype!r}")
+        require_dtype("optimizer.state_dtype", self.state_dtype, STORAGE_DTYPES)
 
 
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:

@@ -49,21 +49,21 @@ def param_shardings(model_state_abstract: nnx.State, mesh: Mesh, parts) -> dict:
 
 
 def encode_program(graphdef, trainable_parts: tuple[str, ...]):
-    """(trainable, frozen, frames [B, F, H, W, 3]) -> what the batch carries for the video:
-    the frozen tower's features [B, F * patches, W] (no gradient), or the frames themselves
+    """(trainable, frozen, frames [B, F, Y, X, 3]) -> what the batch carries for the video:
+    the frozen tower's features [B, P, E] (no gradient), or the frames themselves
     when the tower trains."""
 
-    def encode(trainable, frozen, pixels_bfhwc):
+    def encode(trainable, frozen, pixels_bfyx3):
         if VISION in trainable_parts:
-            return pixels_bfhwc
+            return pixels_bfyx3
         model = nnx.merge(graphdef, {**frozen, **trainable})
-        return jax.lax.stop_gradient(model.vision_features(pixels_bfhwc))
+        return jax.lax.stop_gradient(model.vision_features(pixels_bfyx3))
 
     return encode
 
 
 def visual_tokens(model: TinyLlavaVideo, vision_input, trainable_parts: tuple[str, ...], rows: int) -> jax.Array:
-    """Visual tokens [rows, V, D] from the batch's vision input (one per prompt), each
+    """Visual tokens [R, M, D] from the batch's vision input (one per prompt), each
     prompt's repeated for its rows (its G completions)."""
     tokens = model.encode_video(vision_input) if VISION in trainable_parts else model.visual_tokens(vision_input)
     return jnp.repeat(tokens, rows // tokens.shape[0], axis=0)

@@ -61,10 +61,10 @@ class Trainer:
         """The whole model with the current parameters."""
         return nnx.merge(self.graphdef, self.model_params())
 
-    def encode(self, pixels_bfhwc) -> jax.Array:
+    def encode(self, pixels_bfyx3) -> jax.Array:
         """The batch's vision input (see `params.encode_program`) of global frames."""
         with jax.set_mesh(self.mesh):  # activations follow the data-parallel axes
-            return self._encode(self.trainable, self.frozen, pixels_bfhwc)
+            return self._encode(self.trainable, self.frozen, pixels_bfyx3)
 
     def update(self, batch):
         if self._jitted_update is None:
@@ -92,6 +92,6 @@ class Trainer:
         """A value every process holds whole, as a global array sharded like the batch."""
         return multihost.replicated_to_global(self.mesh, full)
 
-    def encode_local(self, pixels_bfhwc: np.ndarray) -> jax.Array:
+    def encode_local(self, pixels_bfyx3: np.ndarray) -> jax.Array:
         """The vision input of this process's frames, within the global batch."""
-        return self.encode(multihost.global_batch(self.mesh, pixels_bfhwc))
+        return self.encode(multihost.global_batch(self.mesh, pixels_bfyx3))
