@@ -6,7 +6,7 @@ Three ways to sample G completions of `new_tokens` tokens for each of P prompts,
 CPU, same thread count, after a warm-up, median of repeats:
   (a) ours: one jitted program, each prompt prefilled once, all P x G rows decoded together
       in a lax.while_loop over a preallocated KV cache (on CPU through
-      `model/qwen2_decode.py`: per-layer transposed weights, feature-major hidden state);
+      `generate/cpu_decode.py`: per-layer transposed weights, feature-major hidden state);
   (b) HF generate as the original calls it: G sequential calls at batch 1 per prompt;
   (c) HF generate batched: one call per prompt with num_return_sequences=G.
 Sampling: temperature 1, top-k 50, top-p 1 (the original's), EOS disabled so that every

@@ -222,26 +222,15 @@ def plan_run(config: TrainConfig, *, stage: str, devices) -> list[ProgramPlan]:
                 ref_logps=completion if with_reference else None,
             )
             logps = grpo_update.make_logps(graphdef, grpo)
+            # (name, the weights scored, what else stays on the device meanwhile)
+            scorings = []
             if with_reference:
-                plans.append(
-                    _compile(
-                        f"reference log-probs ({grpo.reference_dtype} weights)",
-                        logps,
-                        (reference, frozen, batch),
-                        runs=1,
-                        resident=sizes["trainable"] + sizes["opt_state"],
-                    )
-                )
+                name = f"reference log-probs ({grpo.reference_dtype} weights)"
+                scorings.append((name, reference, sizes["trainable"] + sizes["opt_state"]))
             if grpo.updates_per_rollout > 1:
-                plans.append(
-                    _compile(
-                        "old-policy log-probs",
-                        logps,
-                        (trainable, frozen, batch),
-                        runs=1,
-                        resident=sizes["opt_state"] + sizes["reference"],
-                    )
-                )
+                scorings.append(("old-policy log-probs", trainable, sizes["opt_state"] + sizes["reference"]))
+            for name, weights, resident in scorings:
+                plans.append(_compile(name, logps, (weights, frozen, batch), runs=1, resident=resident))
             update = grpo_update.make_grpo_update(graphdef, grpo, optimizer)
         batch_shard = type(batch)(*(None if x is None else x.sharding for x in batch))
         plans.append(
