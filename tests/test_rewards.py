@@ -1,5 +1,8 @@
 """Rewards against the paper's formulas (eq. 3-4) on a hand-written table, plus properties."""
 
+import random
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -14,6 +17,7 @@ from jax_tinyr1.rewards import (
     register_reward,
     total_reward,
 )
+from jax_tinyr1.rewards.accuracy import original_code_accuracy
 
 ML, R0, R1, R2 = 1200, 0.5, 0.5, 1.0
 
@@ -197,3 +201,45 @@ def test_well_formed_completion_gets_eq3_and_eq4(think, answer, label):
     text = f"<think>{think}</think>\n<answer>{answer}</answer>"
     assert format_reward(text) == pytest.approx(fr(think))
     assert total_reward(text, label) == pytest.approx(paper_total(fr(think), float(answer == label)))
+
+
+def _published_accuracy(content: str, sol: str) -> float:
+    """The published code's string check, written out from its rules (no math_verify):
+    `re.search(r'<answer>(.*?)</answer>', ...)` on each side, stripped, else the stripped
+    whole; right when equal or when the label is the answer's first character."""
+    sol_match = re.search(r"<answer>(.*?)</answer>", sol)
+    ground_truth = sol_match.group(1).strip() if sol_match else sol.strip()
+    content_match = re.search(r"<answer>(.*?)</answer>", content)
+    student = content_match.group(1).strip() if content_match else content.strip()
+    return 1.0 if len(student) > 0 and (student == ground_truth or ground_truth == student[0]) else 0.0
+
+
+def test_original_code_accuracy_equals_the_published_rule_on_a_fuzzed_corpus():
+    rng = random.Random(0)
+    pieces = ["A", "b", "(C)", "(d)", " D", "B. a dog", "dog", "", "\n", "  ", "E", "Answer: C", "c)"]
+    completions = []
+    for _ in range(2500):
+        lead = rng.choice(["A", "B", "C", "D", ""])  # most answers start with a letter
+        answer = lead + "".join(rng.choice(pieces) for _ in range(rng.randint(0, 2)))
+        think = rng.choice(["", "<think>looks at frames</think>", "<think>multi\nline</think>\n"])
+        shape = rng.randrange(6)
+        if shape == 0:
+            text = f"{think}<answer>{answer}</answer>"
+        elif shape == 1:  # the answer block spans lines: no match without DOTALL
+            text = f"{think}<answer>\n{answer}\n</answer>"
+        elif shape == 2:  # no tags at all
+            text = answer
+        elif shape == 3:  # an unclosed tag
+            text = f"{think}<answer>{answer}"
+        elif shape == 4:  # two blocks: the first counts
+            text = f"<answer>{answer}</answer> then <answer>{rng.choice('ABCD')}</answer>"
+        else:
+            text = f"{think} {answer} <answer> {answer} </answer> trailing"
+        completions.append(text)
+    labels = [rng.choice(["A", "B", "<answer>C</answer>", " B ", "<answer>\nD</answer>"]) for _ in completions]
+    ours = [original_code_accuracy(t, y) for t, y in zip(completions, labels, strict=True)]
+    published = [_published_accuracy(t, y) for t, y in zip(completions, labels, strict=True)]
+    assert ours == published
+    # The corpus reaches both outcomes and the multi-line case.
+    assert 0.05 < sum(ours) / len(ours) < 0.95, sum(ours) / len(ours)
+    assert original_code_accuracy("<answer>\nA\n</answer>", "A") == 0.0  # no DOTALL: the whole text
