@@ -22,11 +22,14 @@ import time
 from pathlib import Path
 
 from jax_tinyr1.data.formats import read_cold_start_json, read_grpo_jsonl
-from jax_tinyr1.data.policy import BadInputPolicy
+from jax_tinyr1.data.policy import BadInputPolicy, DataError
 from jax_tinyr1.data.synthetic import generate
+from jax_tinyr1.data.template import eos_id, grpo_question, pad_id
 from jax_tinyr1.data.tokenizer import build_tokenizer
 from jax_tinyr1.eval.__main__ import evaluate
+from jax_tinyr1.eval.benchmarks import load_benchmark
 from jax_tinyr1.eval.scoring import score
+from jax_tinyr1.generate.sampling import SamplingConfig
 from jax_tinyr1.model import build_model, get_preset, load_pretrained, save_pretrained
 from jax_tinyr1.train.config import load_config
 from jax_tinyr1.train.logging import read_metrics
@@ -86,21 +89,26 @@ def sft_config(out: Path, data: Path, checkpoint: Path, epochs: int, lr: float, 
 
 
 def evaluate_stage(final: Path, tokenizer, eval_dir: Path, max_new_tokens: int, *, reasoning_prompt: bool) -> dict:
+    """Greedy answers (the strict protocol) on the held-out clips; the SFT model is asked the
+    plain question and answers with a letter."""
     model, config = load_pretrained(final)
-    policy = BadInputPolicy("skip")
-    records = read_grpo_jsonl(eval_dir / "train.jsonl", policy)
-    kept, outputs = evaluate(
+    items = load_benchmark("jsonl", eval_dir / "train.jsonl", BadInputPolicy("error")).items
+    sampling = SamplingConfig(
+        max_new_tokens=max_new_tokens, temperature=0.0, top_k=0, eos_id=eos_id(tokenizer), pad_id=pad_id(tokenizer)
+    )
+    outputs, undecodable, _ = evaluate(
         model,
         config,
         tokenizer,
-        records,
-        eval_dir,
+        items,
+        question=lambda r: grpo_question(r.question) if reasoning_prompt else r.question,
         batch_size=8,
-        max_new_tokens=max_new_tokens,
-        policy=policy,
-        reasoning_prompt=reasoning_prompt,
+        sampling=sampling,
     )
-    return score(kept, outputs, "jsonl", tagged=reasoning_prompt)
+    if undecodable:
+        raise DataError(f"held-out clips could not be decoded: {sorted(undecodable.values())[:3]}")
+    records = [items[i].record for i in sorted(outputs)]
+    return score(records, [outputs[i] for i in sorted(outputs)], "jsonl", protocol="strict", tagged=reasoning_prompt)
 
 
 def first_and_last_fifth(metrics: list[dict], key: str) -> tuple[float, float]:

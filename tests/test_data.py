@@ -256,6 +256,8 @@ def test_evaluation_formats(tmp_path):
     mv = read_mvbench(tmp_path / "mvbench.json", "action", policy)
     assert [(r.answer, r.options, r.meta["task"]) for r in mv] == [("B", ("cat", "dog", "cow"), "action")]
     assert "B. dog" in mv[0].question and policy.counts == {"annotation": 1}
+    with pytest.raises(DataError, match=r"mvbench\.json\[0\]: missing field\(s\) \['start', 'end'\]"):
+        read_mvbench(tmp_path / "mvbench.json", "action", bounded=True)
     (tmp_path / "mlvu.json").write_text(
         json.dumps(
             [
@@ -269,7 +271,7 @@ def test_evaluation_formats(tmp_path):
             ]
         )
     )
-    assert read_mlvu(tmp_path / "mlvu.json")[0].answer == "C"
+    assert read_mlvu(tmp_path / "mlvu.json", "count")[0].answer == "C"
     (tmp_path / "mmvu.json").write_text(
         json.dumps(
             [
@@ -293,7 +295,7 @@ def test_evaluation_formats(tmp_path):
         )
     )
     mmvu = read_mmvu(tmp_path / "mmvu.json")
-    assert [(r.id, r.answer, len(r.options)) for r in mmvu] == [("m1", "E", 5)]
+    assert [(r.id, r.answer, len(r.options), r.video) for r in mmvu] == [("m1", "E", 5, "m.mp4")]
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -322,10 +324,10 @@ def test_evaluation_formats(tmp_path):
         ),
         tmp_path / "videomme.parquet",
     )
-    with pytest.raises(DataError, match=r"videomme.parquet\[1\]: label 'Z'"):
+    with pytest.raises(DataError, match=r"videomme.parquet\[1\]: answer 'Z' is not among the options"):
         read_videomme_parquet(tmp_path / "videomme.parquet")
     vm = read_videomme_parquet(tmp_path / "videomme.parquet", BadInputPolicy("skip"))
     assert [(r.video, r.answer, r.meta["duration"], r.options[3]) for r in vm] == [("vid1.mp4", "D", "short", "4")]
     (tmp_path / "broken.json").write_text("[{")
     with pytest.raises(DataError, match=r"broken\.json: invalid JSON"):
-        read_mlvu(tmp_path / "broken.json")
+        read_mlvu(tmp_path / "broken.json", "count")

@@ -8,6 +8,9 @@ import re
 import string
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+# The original evaluation scripts' pattern: whitespace trimmed, and no DOTALL (an answer block
+# spanning lines does not match).
+_ORIGINAL_EVAL_ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>")
 _PARENTHESISED = re.compile(r"\(([A-Za-z])\)")
 LETTERS = string.ascii_uppercase  # option i is LETTERS[i]
 OPTION_LETTERS = LETTERS[:10]  # A..J: more options than any benchmark has
@@ -50,8 +53,28 @@ def label_letter(label: str) -> str | None:
     return parse_option_letter(label if inner is None else inner)
 
 
-def parse_prediction(text: str, num_options: int, *, tagged: bool = True) -> str | None:
+def parse_prediction(text: str, num_options: int, *, tagged: bool = True, letters: str | None = None) -> str | None:
     """The option letter inside <answer>...</answer>, or None. `tagged=False` reads the whole
-    text as the answer (a model asked the plain question answers with the letter alone)."""
+    text as the answer (a model asked the plain question answers with the letter alone).
+    `letters`: the question's option letters when they are not A, B, ... in order."""
     content = answer_content(text) if tagged else text
-    return None if content is None else parse_option_letter(content, LETTERS[:num_options])
+    return None if content is None else parse_option_letter(content, letters or LETTERS[:num_options])
+
+
+def original_prediction(text: str, choices, rng) -> tuple[str | None, bool]:
+    """(the letter, whether it was guessed) by the original evaluation scripts' rule: in the
+    first answer block, its first character when it is a choice letter in either case, else
+    the first "(X)" or "(x)" in choice order, else a random choice from `rng`; no answer
+    block: a random choice; an empty one: None (scored wrong)."""
+    match = _ORIGINAL_EVAL_ANSWER.search(text)
+    if match is None:
+        return rng.choice(list(choices)), True
+    response = match.group(1).strip()
+    if not response:
+        return None, False
+    if response[0] in choices or response[0] in [c.lower() for c in choices]:
+        return response[0].upper(), False
+    for choice in choices:
+        if f"({choice})" in response or f"({choice.lower()})" in response:
+            return choice, False
+    return rng.choice(list(choices)), True

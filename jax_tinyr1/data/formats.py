@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jax_tinyr1.data.answers import LETTERS, label_letter, option_lines
+from jax_tinyr1.data.answers import LETTERS, label_letter
 from jax_tinyr1.data.policy import BadInputPolicy, DataError
 from jax_tinyr1.data.template import REASONING_SUFFIX
 
@@ -26,7 +26,7 @@ _OPTION_LINE = re.compile(r"^\s*\(?([A-Z])[.)]\s*(.*\S)?\s*$")
 @dataclass(frozen=True)
 class Record:
     video: str  # path relative to the data root
-    question: str  # the question text, options included as "A. ..." lines
+    question: str  # the question as the model is asked it, options laid out as the format has them
     options: tuple[str, ...]  # option texts, in letter order
     answer: str  # the right option's letter ("" for an open-ended SFT sample)
     id: str
@@ -59,10 +59,6 @@ def _check_answer(answer: str | None, options: tuple[str, ...], where: str) -> s
     if answer is None or answer not in LETTERS[: len(options)]:
         raise DataError(f"{where}: label {answer!r} is not among the options {list(LETTERS[: len(options)])}")
     return answer
-
-
-def _with_options(question: str, options: tuple[str, ...]) -> str:
-    return question.strip() + "\n" + option_lines(options)
 
 
 # -- readers of the raw containers -----------------------------------------------------------
@@ -158,52 +154,74 @@ def read_cold_start_json(path: Path, policy: BadInputPolicy | None = None) -> li
     return _parse(_json_list_items(Path(path)), _cold_start_item, policy or BadInputPolicy())
 
 
-def _candidates_item(item, where, meta):
-    """MVBench and MLVU: `candidates` texts and the right candidate's text as `answer`."""
+def _candidates_item(item, where, block, meta):
+    """MVBench and MLVU: `candidates` texts and the right candidate's text as `answer`;
+    `block(question, options)` lays the question out as the benchmark's script does."""
     _require(item, ("video", "question", "candidates", "answer"), where)
     options = tuple(str(c) for c in item["candidates"])
     if item["answer"] not in options:
         raise DataError(f"{where}: answer {item['answer']!r} is not among the candidates")
-    answer = LETTERS[options.index(item["answer"])]
     return Record(
         video=str(item["video"]),
-        question=_with_options(item["question"], options),
+        question=block(str(item["question"]), options),
         options=options,
-        answer=answer,
+        answer=LETTERS[options.index(item["answer"])],
         id=str(item.get("question_id", where)),
         source=where,
-        meta=meta(item),
+        meta=meta(item, where),
     )
 
 
-def read_mvbench(path: Path, task: str, policy: BadInputPolicy | None = None) -> list[Record]:
+def mvbench_block(question: str, options) -> str:
+    """eval_mvbench.py: the question, "Options:", then "A. text" lines."""
+    return (f"{question}\nOptions:\n" + "".join(f"{LETTERS[i]}. {c}\n" for i, c in enumerate(options))).rstrip()
+
+
+def mlvu_block(question: str, options) -> str:
+    """eval_mlvu.py: the question, then "(A) text" lines."""
+    return (f"{question}\n" + "".join(f"({LETTERS[i]}) {c}\n" for i, c in enumerate(options))).rstrip()
+
+
+def read_mvbench(path: Path, task: str, policy: BadInputPolicy | None = None, *, bounded: bool = False) -> list[Record]:
+    """One MVBench task file; `bounded` tasks carry `start` and `end` seconds."""
+
+    def meta(item, where):
+        if not bounded:
+            return {"task": task}
+        _require(item, ("start", "end"), where)
+        return {"task": task, "bound": (float(item["start"]), float(item["end"]))}
+
     return _parse(
         _json_list_items(Path(path)),
-        lambda i, w: _candidates_item(i, w, lambda _: {"task": task}),
+        lambda i, w: _candidates_item(i, w, mvbench_block, meta),
         policy or BadInputPolicy(),
     )
 
 
-def read_mlvu(path: Path, policy: BadInputPolicy | None = None) -> list[Record]:
+def read_mlvu(path: Path, task: str, policy: BadInputPolicy | None = None) -> list[Record]:
     return _parse(
         _json_list_items(Path(path)),
-        lambda i, w: _candidates_item(i, w, lambda item: {"task": item.get("question_type", "mlvu")}),
+        lambda i, w: _candidates_item(i, w, mlvu_block, lambda item, where: {"task": task}),
         policy or BadInputPolicy(),
     )
 
 
 def _videomme_item(item, where):
-    _require(item, ("videoID", "question", "options", "answer"), where)
-    options = tuple(re.sub(r"^[A-Z][.)]\s*", "", str(o)).strip() for o in item["options"])
-    answer = _check_answer(str(item["answer"]).strip()[:1], options, where)
+    _require(item, ("videoID", "question", "options", "answer", "duration"), where)
+    raw = [str(o) for o in item["options"]]
+    choices = tuple(o.split(".")[0] for o in raw)  # eval_videomme.py: "A. text." -> "A"
+    options = tuple(re.sub(r"^[A-Z][.)]\s*", "", o).strip() for o in raw)
+    answer = str(item["answer"]).strip()
+    if answer not in choices:
+        raise DataError(f"{where}: answer {answer!r} is not among the options {list(choices)}")
     return Record(
         video=f"{item['videoID']}.mp4",
-        question=_with_options(item["question"], options),
+        question=f"{item['question']}\nOptions:\n" + "\n".join(raw),
         options=options,
         answer=answer,
         id=str(item.get("question_id", where)),
         source=where,
-        meta={"task": item.get("task_type", ""), "duration": item.get("duration", "")},
+        meta={"task": str(item["duration"]), "duration": str(item["duration"]), "choices": choices},
     )
 
 
@@ -214,31 +232,29 @@ def read_videomme_parquet(path: Path, policy: BadInputPolicy | None = None) -> l
     return _parse(((f"{path}[{i}]", row) for i, row in enumerate(rows)), _videomme_item, policy or BadInputPolicy())
 
 
+MMVU_URL = "https://huggingface.co/datasets/yale-nlp/MMVU/resolve/main"  # replaced by the data root
+
+
 def _mmvu_item(item, where):
-    _require(item, ("question", "choices", "answer", "question_type"), where)
+    _require(item, ("question", "choices", "answer", "question_type", "video"), where)
     if item["question_type"] != "multiple-choice":
         return None  # open-ended items are not part of the multiple-choice evaluation
     choices = item["choices"]
     if not isinstance(choices, dict) or not choices:
         raise DataError(f"{where}: choices must be a non-empty mapping of letters to texts")
-    letters = sorted(choices)
-    options = tuple(str(choices[k]) for k in letters)
-    answer = _check_answer(str(item["answer"]).strip()[:1], options, where)
-    video = str(item.get("video") or item.get("video_path") or "")
-    if not video:
-        raise DataError(f"{where}: missing field(s) ['video']")
+    letters = tuple(str(k) for k in choices)  # the file's order, as eval_mmvu.py lists them
+    answer = str(item["answer"]).strip()
+    if answer not in letters:
+        raise DataError(f"{where}: answer {answer!r} is not among the choices {list(letters)}")
+    video = str(item["video"])
     return Record(
-        video=video,
-        question=_with_options(item["question"], options),
-        options=options,
+        video=video.removeprefix(MMVU_URL).lstrip("/"),
+        question=str(item["question"]) + "\n" + "\n".join(f"{k}. {v}" for k, v in choices.items()),
+        options=tuple(str(v) for v in choices.values()),
         answer=answer,
         id=str(item.get("id", where)),
         source=where,
-        meta={
-            "task": item.get("metadata", {}).get("subject", "mmvu")
-            if isinstance(item.get("metadata"), dict)
-            else "mmvu"
-        },
+        meta={"task": "multiple-choice", "choices": letters},
     )
 
 

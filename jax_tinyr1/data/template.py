@@ -24,14 +24,21 @@ SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
     "detailed, and polite answers to the user's questions. "
 )
-REASONING_SUFFIX = (
-    " Output the thinking process in <think> </think> and final answer (option) in <answer> </answer> tags."
+REASONING_INSTRUCTION = (
+    "Output the thinking process in <think> </think> and final answer (option) in <answer> </answer> tags."
 )
+REASONING_SUFFIX = " " + REASONING_INSTRUCTION  # how training appends it
 
 
 def grpo_question(problem: str) -> str:
-    """The question the paper's GRPO stage asks: the problem plus the format instruction."""
+    """The question the paper's GRPO stage asks: the problem, a space, the format instruction."""
     return problem + REASONING_SUFFIX
+
+
+def eval_question(block: str) -> str:
+    """The question the original's evaluation scripts ask: the benchmark's question block
+    (options included), a newline, the format instruction."""
+    return block + "\n" + REASONING_INSTRUCTION
 
 
 def format_question(question: str) -> str:
