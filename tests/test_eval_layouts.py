@@ -235,3 +235,24 @@ def test_a_missing_video_exits_4_naming_it_unless_allowed(tmp_path, checkpoint, 
     assert results["accounting"]["multiple-choice"] == {"found": 2, "evaluated": 1, "missing": 1, "undecodable": 0}
     assert not results["complete"] and results["missing_files"][0].endswith("absent.mp4")
     assert "left out: 1 item(s)" in capsys.readouterr().out
+
+
+def test_ask_one_video_streamed_and_plain(layouts, checkpoint, tmp_path, capsys):
+    from jax_tinyr1.ask import ask
+    from jax_tinyr1.ask import main as ask_main
+
+    video = layouts / "MLVU/video/4_count/e.mp4"
+    args = ["--checkpoint", str(checkpoint), "--video", str(video), "--question", "How many?"]
+    assert ask_main([*args, "--option", "A. 1", "--option", "B. 2", "--max-new-tokens", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "answer: " in out and "seconds: decode video" in out and "generate" in out
+    # Streamed: the tokens printed as they come make up the final completion.
+    result = ask(
+        checkpoint, video, "How many?", [], tokenizer_dir=None, max_new_tokens=6, temperature=1.0, seed=3, stream=True
+    )
+    assert result["completion"] and capsys.readouterr().out.strip() == result["completion"]
+    # A frame folder works as a video; a broken file is named.
+    assert ask_main([*args[:2], "--video", str(layouts / "MVBench/video/tvqa/frames_fps3_hq/d"), *args[4:]]) == 0
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    assert ask_main([*args[:2], "--video", str(tmp_path / "broken.mp4"), *args[4:]]) == 2
+    assert "broken.mp4" in capsys.readouterr().err

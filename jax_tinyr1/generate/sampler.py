@@ -55,10 +55,13 @@ def generate(
     config: SamplingConfig,
     group_size: int = 1,
     decode_path: str = "auto",
+    on_token=None,
 ) -> Rollout:
     """Sample `group_size` completions per prompt. Call under jit (see `make_sampler`).
     `decode_path`: "scan" (the model's scanned layers), "cpu" (`cpu_decode`), or "auto"
-    (the latter on the CPU backend); both compute the same thing."""
+    (the latter on the CPU backend); both compute the same thing. `on_token(tokens [rows],
+    done [rows])`, when given, is called on the host as each step's tokens are sampled (a
+    streamed answer), in order."""
     if decode_path not in DECODE_PATHS:
         raise ValueError(f"decode_path must be one of {DECODE_PATHS}, got {decode_path!r}")
     if decode_path == "auto":
@@ -112,6 +115,8 @@ def generate(
         logp = jnp.where(done, 0.0, logp)
         tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, step))
         logps = jax.lax.dynamic_update_slice(logps, logp[:, None], (0, step))
+        if on_token is not None:
+            jax.debug.callback(on_token, token, done, ordered=True)
         done = done | (token == config.eos_id)
         logits, cache = decode(token, lengths + step, cache)
         return step + 1, cache, logits, tokens, logps, done, key

@@ -1,0 +1,154 @@
+"""Ask one video a question.
+
+    python -m jax_tinyr1.ask --checkpoint DIR --video PATH --question TEXT [--option "A. ..." ...]
+        [--max-new-tokens N] [--temperature T] [--seed S] [--tokenizer DIR]
+
+The question is asked as the evaluation asks it (options on their own lines, then the format
+instruction). Prints the reasoning and the answer, streamed token by token when stdout is a
+terminal, else at the end, then the seconds spent decoding the video, encoding it (vision
+tower + connector) and generating. A bad path or an unreadable video: exit 2, naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jax_tinyr1.data.answers import answer_content, parse_option_letter
+from jax_tinyr1.data.policy import DataError
+from jax_tinyr1.data.preprocess import preprocess_frames
+from jax_tinyr1.data.template import eos_id, eval_question, pad_id, prompt_ids
+from jax_tinyr1.data.tokenizer import load_tokenizer
+from jax_tinyr1.data.video import VideoDecodeError, read_frame_folder, read_frames
+from jax_tinyr1.generate.sampler import generate
+from jax_tinyr1.generate.sampling import SamplingConfig
+from jax_tinyr1.model import load_pretrained
+
+
+class _Printer:
+    """Prints the completion as its tokens arrive (the text decoded so far, new part only)."""
+
+    def __init__(self, tokenizer, eos: int):
+        self.tokenizer, self.eos, self.ids, self.shown = tokenizer, eos, [], ""
+
+    def __call__(self, tokens, done) -> None:
+        if bool(np.asarray(done)[0]):
+            return
+        token = int(np.asarray(tokens)[0])
+        if token == self.eos:
+            return
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        sys.stdout.write(text[len(self.shown) :])
+        sys.stdout.flush()
+        self.shown = text
+
+
+def ask(
+    checkpoint: Path,
+    video: Path,
+    question: str,
+    options: list[str],
+    *,
+    tokenizer_dir,
+    max_new_tokens,
+    temperature,
+    seed,
+    stream: bool,
+) -> dict:
+    model, config = load_pretrained(checkpoint)
+    tokenizer = load_tokenizer(tokenizer_dir or checkpoint / "tokenizer")
+    block = "\n".join([question, *options]) if options else question
+    ids = np.asarray([prompt_ids(tokenizer, eval_question(block))], np.int32)
+
+    start = time.perf_counter()
+    read = read_frame_folder if video.is_dir() else read_frames
+    frames = read(video, config.num_frames)
+    pixels = jnp.asarray(preprocess_frames(frames, config.vision.image_size))[None]
+    decode_s = time.perf_counter() - start
+
+    graphdef, state = nnx.split(model)
+    start = time.perf_counter()
+    visual = jax.jit(lambda s, p: nnx.merge(graphdef, s).encode_video(p))(state, pixels)
+    visual.block_until_ready()
+    encode_s = time.perf_counter() - start
+
+    eos = eos_id(tokenizer)
+    sampling = SamplingConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=50 if temperature else 0,
+        eos_id=eos,
+        pad_id=pad_id(tokenizer),
+    )
+    printer = _Printer(tokenizer, eos) if stream else None
+
+    def answer(state, ids, visual, key):
+        m = nnx.merge(graphdef, state)
+        embeds, mask = m.embed_inputs(ids, jnp.ones_like(ids), visual)
+        return generate(m.llm, embeds, mask, key, sampling, 1, on_token=printer)
+
+    start = time.perf_counter()
+    out = jax.jit(answer)(state, jnp.asarray(ids), visual, jax.random.key(seed))
+    tokens = np.asarray(out.tokens[0])[np.asarray(out.completion_mask[0]) > 0]
+    generate_s = time.perf_counter() - start
+    text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    content = answer_content(text)
+    return {
+        "completion": text,
+        "answer": None if content is None else (parse_option_letter(content) or content.strip()),
+        "tokens": len(tokens),
+        "seconds": {"decode_video": decode_s, "encode_video": encode_s, "generate": generate_s},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--video", type=Path, required=True, help="a video file, or a folder of 00001.jpg ... frames")
+    parser.add_argument("--question", required=True)
+    parser.add_argument("--option", action="append", default=[], help='an option line, e.g. "A. a dog" (repeatable)')
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy; else sampled with top-k 50")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokenizer", type=Path, default=None)
+    args = parser.parse_args(argv)
+    stream = sys.stdout.isatty()
+    try:
+        if args.max_new_tokens < 1 or args.temperature < 0:
+            raise ValueError("--max-new-tokens must be >= 1 and --temperature >= 0")
+        if not args.video.exists():
+            raise FileNotFoundError(f"--video {args.video}: no such file or folder")
+        result = ask(
+            args.checkpoint,
+            args.video,
+            args.question,
+            args.option,
+            tokenizer_dir=args.tokenizer,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+            stream=stream,
+        )
+    except (VideoDecodeError, DataError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("" if stream else result["completion"])
+    print(f"answer: {result['answer']}")
+    s = result["seconds"]
+    print(
+        f"seconds: decode video {s['decode_video']:.2f}, encode video {s['encode_video']:.2f}, "
+        f"generate {s['generate']:.2f} ({result['tokens']} tokens)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
