@@ -29,6 +29,7 @@ from checkpoints_convert.families import get_family
 from checkpoints_convert.mapping import export_params, flatten
 from checkpoints_convert.original_layout import complete_combined_export, write_vision_extras
 from checkpoints_convert.safetensors_io import SINGLE_FILE, write_safetensors
+from jax_tinyr1.cli import exits_on_bad_input
 from jax_tinyr1.model.checkpoint import abstract_model, load_leaf
 from jax_tinyr1.model.config_io import load_model_config
 from jax_tinyr1.model.layers import DTYPES
@@ -122,6 +123,7 @@ def convert(
         write_vision_extras(out, config.image_size)
 
 
+@exits_on_bad_input
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-type", default=None, help="a check: must be the type DIR/config.json names")

@@ -26,6 +26,7 @@ from flax import nnx
 from checkpoints_convert.families import get_family
 from checkpoints_convert.mapping import flatten, import_leaves
 from checkpoints_convert.safetensors_io import SafetensorsReader
+from jax_tinyr1.cli import exits_on_bad_input
 from jax_tinyr1.model.checkpoint import abstract_model, save_params_leafwise
 from jax_tinyr1.model.config_io import save_model_config
 from jax_tinyr1.model.layers import DTYPES, STORAGE_DTYPES
@@ -70,6 +71,7 @@ def convert(model_type: str | None, hf_dir: Path, out: Path, *, overwrite: bool 
     return config
 
 
+@exits_on_bad_input
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-type", default=None, help="a check: must be the type HF_DIR/config.json names")

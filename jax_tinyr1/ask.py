@@ -21,12 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax_tinyr1.cli import exits_on_bad_input
 from jax_tinyr1.data.answers import answer_content, parse_option_letter
-from jax_tinyr1.data.policy import DataError
 from jax_tinyr1.data.preprocess import preprocess_frames
 from jax_tinyr1.data.template import eos_id, eval_question, pad_id, prompt_ids
 from jax_tinyr1.data.tokenizer import load_tokenizer
-from jax_tinyr1.data.video import VideoDecodeError, read_frame_folder, read_frames
+from jax_tinyr1.data.video import read_frame_folder, read_frames
 from jax_tinyr1.generate.sampler import generate
 from jax_tinyr1.generate.sampling import SamplingConfig
 from jax_tinyr1.model import load_pretrained
@@ -109,6 +109,7 @@ def ask(
     }
 
 
+@exits_on_bad_input
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True)
@@ -121,25 +122,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", type=Path, default=None)
     args = parser.parse_args(argv)
     stream = sys.stdout.isatty()
-    try:
-        if args.max_new_tokens < 1 or args.temperature < 0:
-            raise ValueError("--max-new-tokens must be >= 1 and --temperature >= 0")
-        if not args.video.exists():
-            raise FileNotFoundError(f"--video {args.video}: no such file or folder")
-        result = ask(
-            args.checkpoint,
-            args.video,
-            args.question,
-            args.option,
-            tokenizer_dir=args.tokenizer,
-            max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
-            seed=args.seed,
-            stream=stream,
-        )
-    except (VideoDecodeError, DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.max_new_tokens < 1 or args.temperature < 0:
+        raise ValueError("--max-new-tokens must be >= 1 and --temperature >= 0")
+    if not args.video.exists():
+        raise FileNotFoundError(f"--video {args.video}: no such file or folder")
+    result = ask(
+        args.checkpoint,
+        args.video,
+        args.question,
+        args.option,
+        tokenizer_dir=args.tokenizer,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+        stream=stream,
+    )
     print("" if stream else result["completion"])
     print(f"answer: {result['answer']}")
     s = result["seconds"]

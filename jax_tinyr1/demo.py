@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from jax_tinyr1.cli import exits_on_bad_input
 from jax_tinyr1.data.formats import read_cold_start_json, read_grpo_jsonl
 from jax_tinyr1.data.policy import BadInputPolicy, DataError
 from jax_tinyr1.data.synthetic import generate
@@ -194,6 +195,7 @@ def run(out: Path, *, quick: bool = False, sizes: Sizes | None = None, overrides
     return summary
 
 
+@exits_on_bad_input
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))

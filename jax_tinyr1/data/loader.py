@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import absl.flags
 import grain
@@ -48,6 +48,9 @@ class LoaderConfig:
     num_epochs: int = derived(1, "run.epochs")
     reasoning_prompt: bool = derived(True, "the stage (GRPO: yes, SFT: no)")
     pad_multiple: int = 32  # pad token lengths up to a multiple: a few shapes, a few compilations
+    # Under `bad_input: skip`, a bad sample is replaced (see `replacement_candidates`); more bad
+    # samples than this fraction of the samples read stops the run at a step boundary.
+    max_bad_fraction: float = 0.05
 
     def __post_init__(self):
         if self.batch_size <= 0 or self.num_frames <= 0 or self.image_size <= 0 or self.num_epochs <= 0:
@@ -56,6 +59,8 @@ class LoaderConfig:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.prompt_tokens < 0 or self.response_tokens < 0 or self.pad_multiple < 1:
             raise ValueError("data.prompt_tokens and data.response_tokens must be >= 0, data.pad_multiple >= 1")
+        if not 0 <= self.max_bad_fraction < 1:
+            raise ValueError(f"data.max_bad_fraction must be in [0, 1), got {self.max_bad_fraction}")
 
     @property
     def text_width(self) -> int | None:
@@ -64,13 +69,27 @@ class LoaderConfig:
         return self.prompt_tokens - self.visual_tokens + 1 if self.prompt_tokens else None
 
 
+class Slot(NamedTuple):
+    """A place in the global order: the epoch, the position in it, the record scheduled there."""
+
+    epoch: int
+    position: int
+    record: Record
+
+
 class MakeSample:
-    """Record -> sample dict (runs in the workers; picklable)."""
+    """Slot -> sample dict (runs in the workers; picklable); a bad sample comes back as
+    {"error", "kind", "slot"} for the loader to count and replace."""
 
     def __init__(self, data_root: Path, tokenizer, config: LoaderConfig):
         self.data_root, self.tokenizer, self.config = Path(data_root), tokenizer, config
 
-    def __call__(self, record: Record) -> dict[str, Any]:
+    def __call__(self, slot: Slot) -> dict[str, Any]:
+        sample = self.make(slot.record)
+        sample["slot"] = (slot.epoch, slot.position)
+        return sample
+
+    def make(self, record: Record) -> dict[str, Any]:
         c = self.config
         # The text first: a prompt or response too long for the run costs no video decode.
         question = grpo_question(record.question) if c.reasoning_prompt else record.question
@@ -95,7 +114,7 @@ class MakeSample:
             path = resolve_inside(self.data_root, record.video)
             frames = read_frames(path, c.num_frames)
         except (DataError, VideoDecodeError) as e:
-            kind = "path" if isinstance(e, DataError) else "video"
+            kind = "video" if isinstance(e, VideoDecodeError) else "path"
             return {"error": f"{record.source}: {e}", "kind": kind}
         sample = {
             "pixels": preprocess_frames(frames, c.image_size),
@@ -144,7 +163,13 @@ def pad_rows(rows: list, pad_id: int, multiple: int = 1, width: int | None = Non
 
 
 def process_order(n: int, config: LoaderConfig, process_index: int = 0, process_count: int = 1) -> np.ndarray:
-    """The record indices this process reads, in order, for all epochs.
+    """The record indices this process reads, in order, for all epochs (see `process_slots`)."""
+    return np.asarray([index for _, _, index in process_slots(n, config, process_index, process_count)], np.int64)
+
+
+def process_slots(n: int, config: LoaderConfig, process_index: int = 0, process_count: int = 1):
+    """(epoch, position in the epoch's global order, record index) of every sample this
+    process reads, in order.
 
     Each epoch is a fresh seeded permutation cut into global batches of `batch_size *
     process_count` (a partial last batch is dropped); process p takes the p-th block of
@@ -154,13 +179,23 @@ def process_order(n: int, config: LoaderConfig, process_index: int = 0, process_
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
     b, global_batch = config.batch_size, config.batch_size * process_count
-    blocks = []
+    slots = []
     for epoch in range(config.num_epochs):
         permutation = np.random.default_rng([config.seed, epoch]).permutation(n)
         steps = n // global_batch
-        per_step = permutation[: steps * global_batch].reshape(steps, process_count, b)
-        blocks.append(per_step[:, process_index].reshape(-1))
-    return np.concatenate(blocks)
+        positions = np.arange(steps * global_batch).reshape(steps, process_count, b)[:, process_index].reshape(-1)
+        slots += [(epoch, int(p), int(permutation[p])) for p in positions]
+    return slots
+
+
+REPLACEMENT_TRIES = 64  # candidates drawn for one bad slot before the loader gives up
+
+
+def replacement_candidates(config: LoaderConfig, epoch: int, position: int, n: int) -> np.ndarray:
+    """The records that stand in, in turn, for a bad sample at (epoch, position): a seeded
+    draw from all records that depends on the slot only, so a replacement is the same
+    whatever the number of processes and after a resume."""
+    return np.random.default_rng([config.seed, epoch, position, 1]).integers(n, size=REPLACEMENT_TRIES)
 
 
 class VideoQALoader:
@@ -180,10 +215,14 @@ class VideoQALoader:
             raise DataError("the data set has no usable records")
         self.config, self.policy = config, BadInputPolicy(config.bad_input)
         self.pad_id = pad_id(tokenizer)
-        order = process_order(len(records), config, process_index, process_count)
-        if not len(order):
+        slots = process_slots(len(records), config, process_index, process_count)
+        if not slots:
             raise DataError(f"{len(records)} records fill no global batch of {config.batch_size} x {process_count}")
-        dataset = grain.MapDataset.source([records[i] for i in order]).map(MakeSample(data_root, tokenizer, config))
+        self.records, self.planned = records, len(slots)
+        self.make_sample = MakeSample(data_root, tokenizer, config)
+        self.read = 0  # samples read so far (replacement attempts included)
+        source = [Slot(epoch, position, records[index]) for epoch, position, index in slots]
+        dataset = grain.MapDataset.source(source).map(self.make_sample)
         iter_dataset = dataset.to_iter_dataset()
         if config.num_workers > 0:
             # grain's workers read absl flags; an entry point that never parsed them would fail.
@@ -196,15 +235,43 @@ class VideoQALoader:
         return self
 
     def __next__(self) -> dict[str, Any]:
+        """The next batch, always full: a bad sample is counted (or, under `error`, raised)
+        and replaced by the first good one of its slot's candidates."""
         samples = []
-        while len(samples) < self.config.batch_size:
-            sample = next(self._iterator)  # StopIteration ends the epoch(s); a partial batch is dropped
+        for _ in range(self.config.batch_size):
+            sample = next(self._iterator)  # StopIteration: the planned epochs are done
+            self.read += 1
             if "error" in sample:
-                self.policy.bad(sample["kind"], sample["error"])
-                continue
+                sample = self._replace(sample)
             samples.append(sample)
         c = self.config
         return collate(samples, self.pad_id, c.pad_multiple, c.text_width, c.response_tokens or None)
+
+    def _replace(self, bad: dict[str, Any]) -> dict[str, Any]:
+        self.policy.bad(bad["kind"], bad["error"])
+        epoch, position = bad["slot"]
+        for index in replacement_candidates(self.config, epoch, position, len(self.records)):
+            sample = self.make_sample.make(self.records[index])
+            self.read += 1
+            if "error" not in sample:
+                sample["slot"] = bad["slot"]
+                return sample
+            self.policy.bad(sample["kind"], sample["error"])
+        raise DataError(
+            f"no usable sample among {REPLACEMENT_TRIES} replacements for epoch {epoch} position {position}; "
+            f"{self.policy.summary()}"
+        )
+
+    def too_many_bad(self) -> str | None:
+        """Why the run must stop (bad samples above `max_bad_fraction` of those read), or None."""
+        bad = sum(self.policy.counts.values())
+        if bad <= self.config.max_bad_fraction * max(self.read, 1):
+            return None
+        first = [m for messages in self.policy.examples.values() for m in messages][:3]
+        return (
+            f"{bad} bad samples of {self.read} read, more than data.max_bad_fraction={self.config.max_bad_fraction} "
+            f"({self.policy.summary()}); first: {'; '.join(first)}"
+        )
 
     def close(self) -> None:
         """Stop worker processes (also done when the loader is garbage collected)."""
@@ -216,12 +283,14 @@ class VideoQALoader:
         return {
             "grain": json.loads(json.dumps(self._iterator.get_state(), default=_jsonable)),
             "skipped": dict(self.policy.counts),
+            "read": self.read,
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._iterator.set_state(state["grain"])
         self.policy.counts.clear()
         self.policy.counts.update(state["skipped"])
+        self.read = state.get("read", 0)
 
 
 def _jsonable(value):

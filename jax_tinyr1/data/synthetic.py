@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jax_tinyr1.cli import exits_on_bad_input
 from jax_tinyr1.data.answers import LETTERS, option_lines
 from jax_tinyr1.data.template import grpo_question
 
@@ -276,6 +277,7 @@ def generate(
     return {"train": out / "train.jsonl", "cold_start": out / "cold_start.json"}
 
 
+@exits_on_bad_input
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)

@@ -8,8 +8,13 @@ loads through the same `AutoTokenizer.from_pretrained(path)` call.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
+
+# transformers advises at import that PyTorch is missing; this project needs only its
+# tokenizers, so a JAX user without torch should not read that at every start.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from jax_tinyr1.data.policy import DataError
+
 DEFAULT_MAX_SIDE = 2048  # larger frames are scaled at decode time; the model sees 384 px
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(DataError):
     """The one error type for a video that cannot be read; its message names the file."""
 
 

@@ -24,13 +24,13 @@ from pathlib import Path
 
 import jax
 
+from jax_tinyr1.cli import exits_on_bad_input
 from jax_tinyr1.data.formats import Record
 from jax_tinyr1.data.loader import LoaderConfig
 from jax_tinyr1.data.policy import POLICIES, BadInputPolicy, DataError
 from jax_tinyr1.data.preprocess import preprocess_frames
 from jax_tinyr1.data.template import eos_id, pad_id, prompt_ids
 from jax_tinyr1.data.tokenizer import load_tokenizer
-from jax_tinyr1.data.video import VideoDecodeError
 from jax_tinyr1.eval.benchmarks import BENCHMARKS, Item, load_benchmark
 from jax_tinyr1.eval.scoring import PROTOCOLS, format_table, score
 from jax_tinyr1.generate.answer import Answerer
@@ -67,7 +67,7 @@ def evaluate(
     def frames_of(i):
         try:
             return i, preprocess_frames(items[i].read(config.num_frames), config.vision.image_size), None
-        except (VideoDecodeError, DataError) as e:
+        except DataError as e:  # VideoDecodeError included
             return i, None, str(e)
 
     with ThreadPoolExecutor(max(1, workers)) as decoders, ThreadPoolExecutor(1) as prefetch:
@@ -112,6 +112,7 @@ def accounting(bench, missing: set[int], undecodable: dict[int, str], evaluated:
     return table
 
 
+@exits_on_bad_input
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True)
@@ -129,46 +130,42 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help="results JSON (default: CHECKPOINT/eval_<benchmark>.json)"
     )
     args = parser.parse_args(argv)
-    try:
-        if args.batch_size < 1 or args.max_new_tokens < 1:
-            raise ValueError("--batch-size and --max-new-tokens must be >= 1")
-        policy = BadInputPolicy(args.bad_input)
-        bench = load_benchmark(args.benchmark, args.data, policy)
-        missing = {i for i, item in enumerate(bench.items) if not item.video.exists()}
-        absent = bench.missing_files + [str(bench.items[i].video) for i in sorted(missing)]
-        if absent and not args.allow_missing:
-            shown = ", ".join(absent[:SHOWN_MISSING])
-            print(
-                f"error: {len(absent)} file(s) of {args.benchmark} missing below {args.data}: {shown}"
-                f"{' ...' if len(absent) > SHOWN_MISSING else ''} (--allow-missing scores the rest)",
-                file=sys.stderr,
-            )
-            return EXIT_INCOMPLETE
-        model, config = load_pretrained(args.checkpoint)
-        tokenizer = load_tokenizer(args.tokenizer or args.checkpoint / "tokenizer")
-        protocol = PROTOCOLS[args.protocol]
-        sampling = SamplingConfig(
-            max_new_tokens=args.max_new_tokens,
-            temperature=protocol.temperature,
-            top_k=protocol.top_k,
-            eos_id=eos_id(tokenizer),
-            pad_id=pad_id(tokenizer),
+    if args.batch_size < 1 or args.max_new_tokens < 1:
+        raise ValueError("--batch-size and --max-new-tokens must be >= 1")
+    policy = BadInputPolicy(args.bad_input)
+    bench = load_benchmark(args.benchmark, args.data, policy)
+    missing = {i for i, item in enumerate(bench.items) if not item.video.exists()}
+    absent = bench.missing_files + [str(bench.items[i].video) for i in sorted(missing)]
+    if absent and not args.allow_missing:
+        shown = ", ".join(absent[:SHOWN_MISSING])
+        print(
+            f"error: {len(absent)} file(s) of {args.benchmark} missing below {args.data}: {shown}"
+            f"{' ...' if len(absent) > SHOWN_MISSING else ''} (--allow-missing scores the rest)",
+            file=sys.stderr,
         )
-        present = [i for i in range(len(bench.items)) if i not in missing]
-        outputs, undecodable, throughput = evaluate(
-            model,
-            config,
-            tokenizer,
-            [bench.items[i] for i in present],
-            question=bench.question,
-            batch_size=args.batch_size,
-            sampling=sampling,
-            seed=args.seed,
-            workers=args.workers,
-        )
-    except (DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_INCOMPLETE
+    model, config = load_pretrained(args.checkpoint)
+    tokenizer = load_tokenizer(args.tokenizer or args.checkpoint / "tokenizer")
+    protocol = PROTOCOLS[args.protocol]
+    sampling = SamplingConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=protocol.temperature,
+        top_k=protocol.top_k,
+        eos_id=eos_id(tokenizer),
+        pad_id=pad_id(tokenizer),
+    )
+    present = [i for i in range(len(bench.items)) if i not in missing]
+    outputs, undecodable, throughput = evaluate(
+        model,
+        config,
+        tokenizer,
+        [bench.items[i] for i in present],
+        question=bench.question,
+        batch_size=args.batch_size,
+        sampling=sampling,
+        seed=args.seed,
+        workers=args.workers,
+    )
     undecodable = {present[j]: message for j, message in undecodable.items()}
     evaluated = {present[j]: text for j, text in outputs.items()}
     order = sorted(evaluated)

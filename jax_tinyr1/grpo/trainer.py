@@ -119,8 +119,10 @@ class GRPOTrainer(Trainer):
             batch = batch._replace(old_logps=old)
             difference = np.abs(multihost.to_host(old) - multihost.to_host(out.logps)) * cmask
             extra["sampler_logp_abs_diff"] = float(difference.sum() / max(cmask.sum(), 1))
+        nonfinite = 0.0
         for _ in range(c.updates_per_rollout):
             metrics = self.update(batch)
+            nonfinite = max(nonfinite, float(metrics["nonfinite"]))  # any of the mu updates
         self.step_count += 1
         lengths = cmask.sum(axis=1)
         elapsed = time.perf_counter() - start
@@ -134,6 +136,7 @@ class GRPOTrainer(Trainer):
             "completions/clipped_ratio": float(multihost.to_host(out.truncated).mean()),
             "frac_reward_zero_std": float(adv_metrics["frac_reward_zero_std"]),
             **{k: float(v) for k, v in metrics.items()},
+            "nonfinite": nonfinite,
             **extra,
             "step_time": elapsed,
             "tokens_per_second": float(lengths.sum() / elapsed),

@@ -31,4 +31,4 @@ class SFTTrainer(Trainer):
         )
         metrics = self.update(batch)
         self.step_count += 1
-        return {"nll": float(metrics["nll"]), "grad_norm": float(metrics["grad_norm"])}
+        return {k: float(metrics[k]) for k in ("nll", "grad_norm", "nonfinite")}

@@ -25,10 +25,28 @@ class TrainCheckpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep_last, enable_async_checkpointing=asynchronous, create=True
         )
-        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+        self.directory = Path(directory).absolute()
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def set_aside(self, step: int) -> Path:
+        """Move a step's directory out of the manager's sight (a damaged checkpoint is kept for
+        inspection, never deleted) and forget it."""
+        source = self.directory / str(step)
+        target = self.directory / f"damaged-{step}"
+        suffix = 0
+        while target.exists():
+            suffix += 1
+            target = self.directory / f"damaged-{step}-{suffix}"
+        if jax.process_index() == 0 and source.exists():
+            source.rename(target)
+        self.manager.reload()
+        return target
 
     def save(self, step: int, trainable, opt_state, meta: dict[str, Any]) -> None:
         self.manager.save(

@@ -55,10 +55,15 @@ class RunSection:
     keep_last: int = 3
     seed: int = 0
     export_hf: bool = False
+    # This many consecutive steps with a non-finite loss or gradient (each left the parameters
+    # unchanged) stop the run with a checkpoint of the last finite state.
+    max_nonfinite_steps: int = 3
 
     def __post_init__(self):
         if self.epochs < 1 or self.max_steps < 0 or self.save_every < 1 or self.keep_last < 1:
             raise ValueError("run.epochs, run.save_every and run.keep_last must be >= 1, run.max_steps >= 0")
+        if self.max_nonfinite_steps < 1:
+            raise ValueError(f"run.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,19 @@ class MetricsLogger:
         if enabled:
             from tensorboardX import SummaryWriter
 
-            self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+            self._forget_after(start_step)
+            # purge_step: TensorBoard drops the events of steps logged after the checkpoint.
+            self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"), purge_step=start_step + 1)
+
+    def _forget_after(self, step: int) -> None:
+        """A resumed run repeats the steps after its checkpoint: their old records go, so that
+        every step is in metrics.jsonl once."""
+        if not self.path.is_file():
+            return
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        if len(kept) != len(lines):
+            self.path.write_text("".join(line + "\n" for line in kept))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:

@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from jax_tinyr1.cli import exits_on_bad_input
 from jax_tinyr1.train.logging import read_metrics
 
 PLOTS = {
@@ -44,15 +45,12 @@ def plot_run(run_dir: Path) -> list[Path]:
     return written
 
 
+@exits_on_bad_input
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     args = parser.parse_args(argv)
-    try:
-        paths = plot_run(args.run_dir)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    paths = plot_run(args.run_dir)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

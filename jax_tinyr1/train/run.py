@@ -9,13 +9,16 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 
+from jax_tinyr1.cli import exits_on_bad_input
 from jax_tinyr1.data.formats import read_cold_start_json, read_grpo_jsonl
 from jax_tinyr1.data.loader import VideoQALoader
 from jax_tinyr1.data.policy import BadInputPolicy, DataError
@@ -137,6 +140,72 @@ STAGES = {
 }
 
 
+class Preempted(Exception):
+    """SIGTERM or SIGINT: the step in flight finished and was checkpointed (exit 0)."""
+
+
+class Diverged(Exception):
+    """Too many consecutive non-finite steps; the last finite state was checkpointed."""
+
+
+EXIT_DIVERGED = 5
+
+
+class StopSignals:
+    """Within the block, SIGTERM and SIGINT only set `received` (the loop checkpoints at the
+    end of the step in flight and stops); the previous handlers come back afterwards."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # Python's rule for handlers
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def resume(checkpointer: TrainCheckpointer, trainer: Trainer, loader: VideoQALoader) -> tuple[int, int]:
+    """(step, non-finite steps so far) of the newest checkpoint that restores; (0, 0) when there
+    is none. A damaged one is reported and moved aside (nothing is deleted); when checkpoints
+    exist and none restores, the run stops rather than start from scratch."""
+    steps = sorted(checkpointer.all_steps(), reverse=True)
+    for step in steps:
+        try:
+            restored = checkpointer.restore(step, trainer.trainable, trainer.opt_state)
+        except Exception as e:  # orbax raises many kinds for a truncated or missing file
+            moved = checkpointer.set_aside(step)
+            print(
+                f"warning: the checkpoint at step {step} cannot be restored ({type(e).__name__}: {e}); "
+                f"moved to {moved}, trying the previous one",
+                file=sys.stderr,
+            )
+            continue
+        trainer.trainable, trainer.opt_state, meta = restored
+        if len(meta["loaders"]) != jax.process_count():
+            raise ConfigError(
+                f"run.output_dir: the checkpoint at step {step} was written by {len(meta['loaders'])} processes, "
+                f"this run has {jax.process_count()}"
+            )
+        loader.set_state(json.loads(meta["loaders"][jax.process_index()]))
+        return meta["step"], meta.get("nonfinite_steps", 0)
+    if steps:
+        raise ConfigError(
+            f"run.output_dir: no checkpoint of steps {steps} restores (set aside in {checkpointer.directory}); "
+            "move them away to start from scratch"
+        )
+    return 0, 0
+
+
 def train(config: TrainConfig, *, stage: str) -> Path:
     """Run (or resume) training of `stage` ("sft" or "grpo"); returns the final model's directory."""
     spec = STAGES[stage]
@@ -182,43 +251,63 @@ def train(config: TrainConfig, *, stage: str) -> Path:
         raise ConfigError(f"data: {len(records)} records give no step of batch_size {d.batch_size}")
     trainer = spec.make_trainer(config, model, mesh, tokenizer, total)
     checkpointer = TrainCheckpointer(out / "checkpoints", keep_last=config.run.keep_last)
-    start = 0
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        trainer.trainable, trainer.opt_state, meta = checkpointer.restore(latest, trainer.trainable, trainer.opt_state)
-        if len(meta["loaders"]) != jax.process_count():
-            raise ConfigError(
-                f"run.output_dir: the checkpoint at step {latest} was written by {len(meta['loaders'])} processes, "
-                f"this run has {jax.process_count()}"
-            )
-        loader.set_state(json.loads(meta["loaders"][jax.process_index()]))
-        start = meta["step"]
+    start, nonfinite_steps = resume(checkpointer, trainer, loader)
     base_key = jax.random.key(config.run.seed)
     logger = MetricsLogger(out, total, start, enabled=jax.process_index() == 0)
-    for step in range(start, total):
-        try:
-            batch = next(loader)
-        except StopIteration:  # skipped samples left too few for the planned steps
-            raise DataError(
-                f"the data ran out at step {step + 1} of {total}; samples: {loader.policy.summary()}"
-            ) from None
-        key = jax.random.fold_in(base_key, step)  # a pure function of the step: resumes exactly
-        metrics = spec.step(trainer, batch, key)
-        logger.log(step + 1, metrics)
-        if (step + 1) % config.run.save_every == 0 or step + 1 == total:
-            checkpointer.save(
-                step + 1,
-                trainer.trainable,
-                trainer.opt_state,
-                {
-                    "step": step + 1,
-                    # every process's own data position (the JSON item is written by one)
-                    "loaders": multihost.allgather_strings([json.dumps(loader.get_state())]),
-                    "rng_key": jax.random.key_data(key).tolist(),
-                    "seed": config.run.seed,
-                    "config": to_dict(config),
-                },
-            )
+
+    def save(step: int) -> None:
+        checkpointer.save(
+            step,
+            trainer.trainable,
+            trainer.opt_state,
+            {
+                "step": step,
+                # every process's own data position (the JSON item is written by one)
+                "loaders": multihost.allgather_strings([json.dumps(loader.get_state())]),
+                "rng_key": jax.random.key_data(jax.random.fold_in(base_key, step - 1)).tolist(),
+                "seed": config.run.seed,
+                "nonfinite_steps": nonfinite_steps,
+                "config": to_dict(config),
+            },
+        )
+
+    consecutive_nonfinite = 0
+    with StopSignals() as signals:
+        for step in range(start, total):
+            try:
+                batch = next(loader)
+            except StopIteration:  # cannot happen with replacements; kept as a clear message
+                raise DataError(f"the data ran out at step {step + 1} of {total}; {loader.policy.summary()}") from None
+            key = jax.random.fold_in(base_key, step)  # a pure function of the step: resumes exactly
+            metrics = spec.step(trainer, batch, key)
+            nonfinite = metrics.get("nonfinite", 0.0) > 0
+            nonfinite_steps += nonfinite
+            consecutive_nonfinite = consecutive_nonfinite + 1 if nonfinite else 0
+            logger.log(step + 1, {**metrics, "nonfinite_steps": nonfinite_steps})
+            # Every process takes the same decision at the same step (no one waits alone).
+            too_many_bad = loader.too_many_bad()
+            stop_bad = multihost.any_process(too_many_bad is not None)
+            stop_signal = multihost.any_process(signals.received is not None)
+            diverged = consecutive_nonfinite >= config.run.max_nonfinite_steps
+            if (step + 1) % config.run.save_every == 0 or step + 1 == total or stop_bad or stop_signal or diverged:
+                save(step + 1)
+            if stop_bad or stop_signal or diverged:
+                checkpointer.close()
+                logger.close()
+                loader.close()
+                where = f"checkpoint at step {step + 1} in {out / 'checkpoints'}"
+                if diverged:
+                    raise Diverged(
+                        f"{consecutive_nonfinite} consecutive steps with a non-finite loss or gradient (up to step "
+                        f"{step + 1}; run.max_nonfinite_steps={config.run.max_nonfinite_steps}); parameters are those "
+                        f"of the last finite step, {where}"
+                    )
+                if stop_bad:
+                    raise DataError(f"{too_many_bad or 'another process saw too many bad samples'}; {where}")
+                raise Preempted(
+                    f"stopped by {signals.received or 'a signal to another process'}; {where}; "
+                    "run the same command to resume"
+                )
     checkpointer.close()
     logger.close()
     loader.close()
@@ -246,6 +335,7 @@ def save_final(trainer: Trainer, out: Path, config: TrainConfig, tokenizer) -> P
     return final
 
 
+@exits_on_bad_input
 def main(argv: list[str] | None, *, stage: str, description: str) -> int:
     import argparse
 
@@ -270,8 +360,11 @@ def main(argv: list[str] | None, *, stage: str, description: str) -> int:
         if args.device_memory_gib is not None:
             raise ConfigError("--device-memory-gib applies to --plan only")
         final = train(config, stage=stage)
-    except (ConfigError, DataError, ValueError, FileNotFoundError) as e:
+    except Preempted as e:
+        print(e, file=sys.stderr)
+        return 0
+    except Diverged as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_DIVERGED
     print(f"final model: {final}")
     return 0

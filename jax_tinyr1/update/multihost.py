@@ -85,3 +85,10 @@ def barrier(name: str) -> None:
     """Wait until every process gets here (nothing to wait for with one process)."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is set on any process (all processes must call this, at the same point)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(allgather_rows(np.array([int(flag)], np.int32)).max())

@@ -1,6 +1,7 @@
 """The update every stage runs: loss and gradient (accumulated over micro-batches of whole
 prompts), clipping and AdamW, as one jitted program with explicit shardings; parameters and
-optimizer state donated. A stage brings its loss and its batch (a NamedTuple of arrays)."""
+optimizer state donated; a non-finite step changes nothing (metric `nonfinite`). A stage
+brings its loss and its batch (a NamedTuple of arrays)."""
 
 from __future__ import annotations
 
@@ -47,15 +48,24 @@ def make_update(loss: Loss, optimizer: optax.GradientTransformation, num_micro_b
             grads, (values, metrics) = jax.lax.scan(accumulate, zeros, micro_batches(batch, num_micro_batches))
             grads = jax.tree.map(lambda g: g / num_micro_batches, grads)
             value, metrics = jnp.mean(values), jax.tree.map(jnp.mean, metrics)
-        updates, opt_state = optimizer.update(grads, opt_state, trainable)
-        trainable = optax.apply_updates(trainable, updates)
+        grad_norm = optax.tree.norm(grads)
+        updates, new_opt_state = optimizer.update(grads, opt_state, trainable)
+        new_trainable = optax.apply_updates(trainable, updates)
+        # A non-finite loss or gradient leaves parameters and optimizer state as they were
+        # (optax.apply_if_finite's rule, kept in the donated buffers); the run counts it.
+        finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+
+        def keep_if_not_finite(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
         metrics = {
             **metrics,
             "loss": value,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
+            "nonfinite": 1.0 - finite.astype(jnp.float32),
             **{f"grad_norm/{part}": optax.tree.norm(g) for part, g in grads.items()},
         }
-        return trainable, opt_state, metrics
+        return keep_if_not_finite(new_trainable, trainable), keep_if_not_finite(new_opt_state, opt_state), metrics
 
     return update
 
