@@ -18,7 +18,12 @@ def exits_on_bad_input(main):
         try:
             return main(*args, **kwargs)
         except (ValueError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
             return EXIT_BAD_INPUT
 
     return wrapped
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (some libraries' messages span several)."""
+    return " ".join(str(error).split())

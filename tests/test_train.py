@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -105,38 +106,40 @@ def _final_params(out):
     }
 
 
-def test_killed_run_resumes_to_the_same_parameters(tiny_run_data, tmp_path):
+def test_sigterm_checkpoints_the_step_in_flight_and_the_restart_is_exact(tiny_run_data, tmp_path):
     root = tiny_run_data
     env = {**os.environ, "XLA_FLAGS": ""}
     straight = _run(_grpo_args(root, tmp_path / "straight"), env=env)
     assert straight.returncode == 0, straight.stderr[-2000:]
-    # Start again, SIGKILL at a random moment after the first checkpoint, then restart.
+    # Start again; SIGTERM (a preemption) at a random moment after the first checkpoint.
     process = subprocess.Popen(
-        [sys.executable, "-m", *_grpo_args(root, tmp_path / "killed")],
+        [sys.executable, "-m", *_grpo_args(root, tmp_path / "stopped"), "run.save_every=1000"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    checkpoints = tmp_path / "killed" / "checkpoints"
+    metrics = tmp_path / "stopped" / "metrics.jsonl"
     deadline = time.time() + 300
-    while time.time() < deadline and not (
-        checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
-    ):
+    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().strip()):
         time.sleep(0.2)
-    time.sleep(random.Random(os.getpid()).uniform(0.0, 1.5))
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    steps_before = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
-    assert (steps_before and steps_before[-1] < 6) or (tmp_path / "killed" / "final").exists()
-    resumed = _run(_grpo_args(root, tmp_path / "killed"), env=env)
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 1.0))
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err[-2000:]
+    checkpoints = tmp_path / "stopped" / "checkpoints"
+    steps = sorted(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    # The step in flight finished and was saved (save_every=1000 saves nothing else before step 6).
+    assert f"stopped by SIGTERM; checkpoint at step {steps[-1]}" in err and steps[-1] < 6, err[-2000:]
+    resumed = _run(_grpo_args(root, tmp_path / "stopped"), env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = _final_params(tmp_path / "straight"), _final_params(tmp_path / "killed")
+    a, b = _final_params(tmp_path / "straight"), _final_params(tmp_path / "stopped")
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)  # bitwise
-    metrics = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
-    assert max(m["step"] for m in metrics) == 6
-    assert {p.name for p in (tmp_path / "killed").glob("*.png")} >= {"reward.png", "response_length.png"}
+    logged = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+    assert logged == list(range(1, 7))  # every step once: none run twice, none lost
+    assert {p.name for p in (tmp_path / "stopped").glob("*.png")} >= {"reward.png", "response_length.png"}
 
 
 def _free_port() -> int:
@@ -148,13 +151,18 @@ def _free_port() -> int:
 def test_two_processes_equal_one_process_on_the_same_mesh(tiny_run_data, tmp_path):
     """2 processes x 4 CPU devices (gloo collectives), each reading its half of every batch,
     against 1 process x 8 devices, on the same data=2 x fsdp=4 mesh and global batch. The two
-    processes are started with SLURM's variables only (JAX's cluster detection)."""
-    root = tiny_run_data
+    processes are started with SLURM's variables only (JAX's cluster detection). One video is
+    truncated: its replacement is the same in both (no process runs short or waits alone)."""
+    root = tmp_path / "data_root"
+    shutil.copytree(tiny_run_data, root)
+    video = sorted((root / "data" / "videos").glob("*.mp4"))[3]
+    video.write_bytes(video.read_bytes()[:200])
     # The untrained model never closes its tags, so every reward is -2 and the advantages are
     # 0: the update is the KL term's small gradient. With Adam's usual eps (1e-8) that update is
     # ~lr * sign(g), so last-bit differences in a near-zero gradient decide its sign. eps = 1e-3
     # keeps Adam in its linear range (update ~ lr * g / eps), where rounding stays rounding.
     common = ["mesh.data=2", "mesh.fsdp=4", "run.epochs=2", "run.max_steps=2", "run.save_every=1"]
+    common += ["data.bad_input=skip", "data.max_bad_fraction=0.3"]
     common += ["optimizer.learning_rate=1e-3", "optimizer.eps=1e-3"]
     single = _run(
         [*_grpo_args(root, tmp_path / "one"), *common, "data.batch_size=8"],

@@ -49,7 +49,7 @@ class LoaderConfig:
     reasoning_prompt: bool = derived(True, "the stage (GRPO: yes, SFT: no)")
     pad_multiple: int = 32  # pad token lengths up to a multiple: a few shapes, a few compilations
     # Under `bad_input: skip`, a bad sample is replaced (see `replacement_candidates`); more bad
-    # samples than this fraction of the samples read stops the run at a step boundary.
+    # samples than this fraction of the run's planned samples stops it at a step boundary.
     max_bad_fraction: float = 0.05
 
     def __post_init__(self):
@@ -263,14 +263,16 @@ class VideoQALoader:
         )
 
     def too_many_bad(self) -> str | None:
-        """Why the run must stop (bad samples above `max_bad_fraction` of those read), or None."""
+        """Why the run must stop, or None: more bad samples than `max_bad_fraction` of the
+        samples this process plans to read (a budget for the whole run, spent as they come)."""
         bad = sum(self.policy.counts.values())
-        if bad <= self.config.max_bad_fraction * max(self.read, 1):
+        if bad <= self.config.max_bad_fraction * self.planned:
             return None
         first = [m for messages in self.policy.examples.values() for m in messages][:3]
         return (
-            f"{bad} bad samples of {self.read} read, more than data.max_bad_fraction={self.config.max_bad_fraction} "
-            f"({self.policy.summary()}); first: {'; '.join(first)}"
+            f"{bad} bad samples ({self.read} read of {self.planned} planned), more than "
+            f"data.max_bad_fraction={self.config.max_bad_fraction} of the plan ({self.policy.summary()}); "
+            f"first: {'; '.join(first)}"
         )
 
     def close(self) -> None:

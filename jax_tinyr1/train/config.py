@@ -207,7 +207,9 @@ def load_config(path: str | Path | None, overrides: list[str] = (), *, stage: st
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            raise ConfigError(f"{path}: not valid YAML ({where}{getattr(e, 'problem', None) or e})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of sections")
     values = apply_overrides(values, list(overrides))

@@ -55,8 +55,12 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics (is {run_dir} a run directory?)")
     by_step = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
             record = json.loads(line)
-            by_step[record["step"]] = record
+            by_step[int(record["step"])] = record
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{number}: not a metrics record ({type(e).__name__}: {e})") from None
     return [by_step[s] for s in sorted(by_step)]
