@@ -232,9 +232,9 @@ def test_bad_run_settings_exit_2_naming_the_key_or_path(tiny, tmp_path, capsys):
     )
     assert code == 2 and "mesh:" in err and "does not divide the 8 devices" in err
     # Prompts longer than data.prompt_tokens are bad input: named (error) or skipped and, when
-    # too few are left for the planned steps, a clear error rather than a traceback.
+    # no replacement is usable, a clear error rather than a traceback.
     data = [f"model.checkpoint={tiny / 'ckpt'}", f"data.root={tiny / 'data'}", f"run.tokenizer={tiny / 'tok'}"]
     code, err = run(*data, f"run.output_dir={tmp_path / 'long'}", "data.prompt_tokens=24")
     assert code == 2 and "exceeds data.prompt_tokens=24" in err and "train.jsonl" in err
     code, err = run(*data, f"run.output_dir={tmp_path / 'skip'}", "data.prompt_tokens=24", "data.bad_input=skip")
-    assert code == 2 and "the data ran out at step 1" in err and "annotation=" in err
+    assert code == 2 and "no usable sample among 64 replacements" in err and "annotation=" in err
