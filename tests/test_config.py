@@ -11,9 +11,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import pytest
+from run_data import synthetic_run_root
 
-from jax_tinyr1.data.synthetic import generate
-from jax_tinyr1.data.tokenizer import build_tokenizer
 from jax_tinyr1.model import build_model, get_preset, save_pretrained
 from jax_tinyr1.model.config_io import save_model_config
 from jax_tinyr1.train.config import ConfigError, TrainConfig, load_config, settable_fields
@@ -29,10 +28,7 @@ def _run(args, **kw):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny converted checkpoint, a synthetic data set (GRPO and cold-start files), a tokenizer."""
-    root = tmp_path_factory.mktemp("config")
-    generate(root / "data", 4, seed=0, cold_start=4, frames=6)
-    corpus = [json.loads(line)["problem"] for line in (root / "data" / "train.jsonl").read_text().splitlines()]
-    build_tokenizer(corpus * 3 + ["<think>x</think><answer>A</answer>"] * 5, root / "tok", vocab_size=300)
+    root = synthetic_run_root(tmp_path_factory.mktemp("config"), 4, cold_start=4)
     save_pretrained(root / "ckpt", build_model(get_preset("tinyllava-video-tiny"), seed=0))
     return root
 

@@ -8,10 +8,9 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from run_data import synthetic_run_root
 
-from jax_tinyr1.data.synthetic import generate
 from jax_tinyr1.data.template import IMAGE_TOKEN_INDEX
-from jax_tinyr1.data.tokenizer import build_tokenizer
 from jax_tinyr1.model import build_model, get_preset
 from jax_tinyr1.sft.objective import SFTConfig
 from jax_tinyr1.sft.trainer import SFTTrainer
@@ -22,10 +21,7 @@ from jax_tinyr1.update.optimizer import OptimizerConfig
 @pytest.fixture(scope="module")
 def sixteen(tmp_path_factory):
     """16 GRPO records, 2 of them with truncated videos."""
-    root = tmp_path_factory.mktemp("faulty")
-    generate(root / "data", 16, seed=1, cold_start=0, frames=6)
-    corpus = [json.loads(line)["problem"] for line in (root / "data" / "train.jsonl").read_text().splitlines()]
-    build_tokenizer(corpus * 3 + ["<think>x</think><answer>A</answer>"] * 5, root / "tok", vocab_size=300)
+    root = synthetic_run_root(tmp_path_factory.mktemp("faulty"), 16, seed=1)
     videos = sorted((root / "data" / "videos").glob("*.mp4"))
     for video in (videos[3], videos[10]):
         video.write_bytes(video.read_bytes()[:200])

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from run_data import synthetic_run_root
 
 from jax_tinyr1.data.answers import parse_prediction
 from jax_tinyr1.data.formats import Record
-from jax_tinyr1.data.synthetic import generate
-from jax_tinyr1.data.tokenizer import build_tokenizer
 from jax_tinyr1.eval.scoring import format_table, score
 from jax_tinyr1.train.config import ConfigError, load_config
 
@@ -66,11 +65,7 @@ def test_entry_point_exits_non_zero_naming_the_problem(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_run_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("run")
-    generate(root / "data", 8, seed=0, cold_start=0, frames=6)
-    corpus = [json.loads(line)["problem"] for line in (root / "data" / "train.jsonl").read_text().splitlines()]
-    build_tokenizer(corpus * 3 + ["<think>x</think><answer>A</answer>"] * 5, root / "tok", vocab_size=300)
-    return root
+    return synthetic_run_root(tmp_path_factory.mktemp("run"), 8)
 
 
 def _grpo_args(root, out):
