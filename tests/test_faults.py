@@ -208,3 +208,27 @@ def test_every_command_answers_bad_input_with_one_line_and_exit_2(sixteen, tmp_p
             last = err.strip().splitlines()[-1] if err.strip() else ""
             assert code == 2 and "Traceback" not in err, (name, argv, code, err[-1500:])
             assert last.startswith(("error:", f"{name}: error:")) or ": error: " in last, (name, argv, last)
+
+
+def test_consecutive_non_finite_steps_stop_the_run_with_the_last_finite_state(sixteen, tmp_path, capsys):
+    # A learning rate of 1e30 sends the weights to ~1e30; once the loss is non-finite it stays
+    # so (the parameters no longer change), and the second such step in a row stops the run.
+    out = tmp_path / "run"
+    code = _grpo(
+        sixteen, out, "data.max_bad_fraction=0.25", "optimizer.learning_rate=1e30", "run.max_nonfinite_steps=2"
+    )
+    err = capsys.readouterr().err
+    assert code == 5 and "2 consecutive steps with a non-finite loss or gradient" in err, err[-2000:]
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    flags = [m["nonfinite"] for m in logged]
+    assert flags[-2:] == [1.0, 1.0] and set(flags[:-2]) <= {0.0} and logged[-1]["nonfinite_steps"] == 2
+    assert (out / "checkpoints" / str(len(logged))).is_dir() and not (out / "final").exists()
+
+
+def test_no_pytorch_advice_without_torch():
+    import subprocess
+    import sys
+
+    hidden = "import sys; sys.modules['torch'] = None; import jax_tinyr1.data.tokenizer"
+    out = subprocess.run([sys.executable, "-c", hidden], capture_output=True, text=True)
+    assert out.returncode == 0 and "PyTorch" not in out.stderr, out.stderr
