@@ -1,6 +1,6 @@
 """The embedded default job: the paper's pipeline in miniature, on CPU, with no downloads.
 
-    python -m jax_tinyr1.demo [--out runs/demo] [--quick]
+    python -m jax_tinyr1.demo [--out runs/demo] [--quick] [--seed S]
 
 1. Synthetic video-QA data with real H.264 clips (SFT set with captions, cold start + GRPO set,
    held-out eval set).
@@ -9,7 +9,11 @@
 4. ColdStart: SFT on 16 reasoning samples (<think>...</think><answer>X</answer>).
 5. R1: GRPO with the paper's reward rule (configs/demo_cpu.yaml).
 6. Evaluation of the three on the held-out set (SFT with the plain question, the others with
-   the reasoning prompt); a table like the paper's Table 1, plots, OUT/summary.json.
+   the reasoning prompt); a table like the paper's Table 1 (OUT/summary.md), plots,
+   OUT/summary.json.
+
+`--seed` changes every random draw: the data sets, the initial weights, the data order, the
+sampling.
 """
 
 from __future__ import annotations
@@ -64,16 +68,20 @@ class Sizes:
 SIZES = {"full": Sizes(), "quick": Sizes(base=24, base_epochs=1, cold=8, cold_epochs=2, grpo=16, grpo_steps=4, eval=8)}
 
 
-def initial_model(out: Path) -> Path:
+def initial_model(out: Path, seed: int = 0) -> Path:
     """The tiny TinyLLaVA-Video at random initialization (see LATENTS_INIT_STD)."""
-    model = build_model(get_preset("tinyllava-video-tiny"), seed=0)
+    model = build_model(get_preset("tinyllava-video-tiny"), seed=seed)
     model.connector.latents[...] = model.connector.latents[...] * LATENTS_INIT_STD
     save_pretrained(out, model)
     return out
 
 
-def sft_config(out: Path, data: Path, checkpoint: Path, epochs: int, lr: float, tokenizer: Path, batch: int = 4):
+def sft_config(
+    out: Path, data: Path, checkpoint: Path, epochs: int, lr: float, tokenizer: Path, batch: int = 4, seed: int = 0
+):
     overrides = [
+        f"run.seed={seed}",
+        f"data.seed={seed}",
         f"data.root={data}",
         "data.train=cold_start.json",
         f"data.batch_size={batch}",
@@ -119,7 +127,9 @@ def first_and_last_fifth(metrics: list[dict], key: str) -> tuple[float, float]:
     return sum(values[:k]) / k, sum(values[-k:]) / k
 
 
-def run(out: Path, *, quick: bool = False, sizes: Sizes | None = None, overrides: tuple[str, ...] = ()) -> dict:
+def run(
+    out: Path, *, quick: bool = False, sizes: Sizes | None = None, overrides: tuple[str, ...] = (), seed: int = 0
+) -> dict:
     n = sizes or SIZES["quick" if quick else "full"]
     started = time.perf_counter()
     seconds, lap_start = {}, [started]
@@ -132,9 +142,12 @@ def run(out: Path, *, quick: bool = False, sizes: Sizes | None = None, overrides
     out.mkdir(parents=True, exist_ok=True)
     print("1/6 synthetic data (real H.264 clips)", flush=True)
     synthetic = dict(kinds=KINDS, shuffle_options=False)
-    generate(out / "base_data", 0, seed=1, cold_start=n.base, with_reasoning=False, captions=True, **synthetic)
-    generate(out / "data", n.grpo, seed=2, cold_start=n.cold, **synthetic)
-    generate(out / "eval", n.eval, seed=3, cold_start=0, **synthetic)
+    data_seed = 10 * seed  # three disjoint draws per demo seed
+    generate(
+        out / "base_data", 0, seed=data_seed + 1, cold_start=n.base, with_reasoning=False, captions=True, **synthetic
+    )
+    generate(out / "data", n.grpo, seed=data_seed + 2, cold_start=n.cold, **synthetic)
+    generate(out / "eval", n.eval, seed=data_seed + 3, cold_start=0, **synthetic)
     print("2/6 tokenizer", flush=True)
     corpus = [r.question + " " + (r.response or "") for r in read_cold_start_json(out / "data" / "cold_start.json")]
     corpus += [r.question for r in read_grpo_jsonl(out / "data" / "train.jsonl")]
@@ -143,11 +156,14 @@ def run(out: Path, *, quick: bool = False, sizes: Sizes | None = None, overrides
     lap("data")
     print("3/6 SFT model: SFT on option answers", flush=True)
     tok = out / "tokenizer"
-    init = initial_model(out / "init")
-    base = train(sft_config(out / "base", out / "base_data", init, n.base_epochs, n.base_lr, tok, n.batch), stage="sft")
+    init = initial_model(out / "init", seed)
+    base_config = sft_config(out / "base", out / "base_data", init, n.base_epochs, n.base_lr, tok, n.batch, seed)
+    base = train(base_config, stage="sft")
     lap("sft")
     print("4/6 ColdStart: SFT on reasoning samples", flush=True)
-    cold = train(sft_config(out / "coldstart", out / "data", base, n.cold_epochs, n.cold_lr, tok), stage="sft")
+    cold = train(
+        sft_config(out / "coldstart", out / "data", base, n.cold_epochs, n.cold_lr, tok, seed=seed), stage="sft"
+    )
     lap("coldstart")
     print("5/6 R1: GRPO", flush=True)
     grpo_config = load_config(
@@ -158,6 +174,8 @@ def run(out: Path, *, quick: bool = False, sizes: Sizes | None = None, overrides
             f"run.output_dir={out / 'grpo'}",
             f"run.tokenizer={out / 'tokenizer'}",
             f"run.max_steps={n.grpo_steps}",
+            f"run.seed={seed}",
+            f"data.seed={seed}",
             *overrides,
         ],
     )
@@ -185,14 +203,28 @@ def run(out: Path, *, quick: bool = False, sizes: Sizes | None = None, overrides
         "seconds": round(time.perf_counter() - started, 1),
         "stage_seconds": seconds,
     }
+    summary["seed"] = seed
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"\n{'model':<12}{'accuracy':>10}{'unparsed':>10}   (held-out, {summary['eval_count']} questions)")
-    for name, label in (("sft", "SFT"), ("coldstart", "ColdStart"), ("r1", "R1")):
-        print(f"{label:<12}{results[name]['overall']:>10.1f}{results[name]['unparsed']:>10}")
-    print(f"GRPO reward: {reward_first:.2f} (first fifth of the steps) -> {reward_last:.2f} (last fifth)")
-    print(f"GRPO response length: {length_first:.1f} -> {length_last:.1f} tokens")
-    print(f"{summary['seconds']:.0f} s; plots: {out / 'grpo'}/*.png; summary: {out / 'summary.json'}")
+    (out / "summary.md").write_text(summary_table(summary))
+    print("\n" + summary_table(summary))
+    print(f"plots: {out / 'grpo'}/*.png; summary: {out / 'summary.json'}, {out / 'summary.md'}")
     return summary
+
+
+def summary_table(summary: dict) -> str:
+    """The demo's Table 1: held-out accuracy of the three models, and the GRPO curves' ends."""
+    lines = [
+        f"| model (seed {summary['seed']}) | answers | accuracy (%) | unparsed |",
+        "|---|---|---|---|",
+        f"| SFT | option letter | {summary['sft_accuracy']:.1f} | {summary['sft_unparsed']} |",
+        f"| ColdStart | reason, then answer | {summary['coldstart_accuracy']:.1f} | {summary['coldstart_unparsed']} |",
+        f"| R1 (GRPO) | reason, then answer | {summary['r1_accuracy']:.1f} | {summary['r1_unparsed']} |",
+        "",
+        f"Held-out questions: {summary['eval_count']}. GRPO reward {summary['reward_first']:.2f} -> "
+        f"{summary['reward_last']:.2f} and response length {summary['length_first']:.1f} -> "
+        f"{summary['length_last']:.1f} tokens (first -> last fifth of the steps); {summary['seconds']:.0f} s.",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 @exits_on_bad_input
@@ -200,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     parser.add_argument("--quick", action="store_true", help="a much shorter run (the test suite's)")
+    parser.add_argument("--seed", type=int, default=0, help="every random draw (data, weights, order, sampling)")
     args = parser.parse_args(argv)
-    run(args.out, quick=args.quick)
+    run(args.out, quick=args.quick, seed=args.seed)
     return 0
 
 

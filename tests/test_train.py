@@ -318,3 +318,25 @@ def test_demo_pipeline_runs_end_to_end_quick(tmp_path):
     metrics = [json.loads(x) for x in (out / "grpo" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 4 and results["reward_first"] == metrics[0]["reward"]  # first fifth of 4 steps: 1
     assert results["length_last"] == metrics[-1]["completions/mean_length"]
+    table = (out / "summary.md").read_text()
+    assert f"| R1 (GRPO) | reason, then answer | {results['r1_accuracy']:.1f} |" in table
+    assert f"reward {results['reward_first']:.2f} -> {results['reward_last']:.2f}" in table
+    # Several runs in one plot (one line each, raw faint, moving average bold).
+    from jax_tinyr1.train.plot import main as plot_main
+    from jax_tinyr1.train.plot import moving_average
+
+    assert plot_main([str(out / "base"), str(out / "grpo"), "--out", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / "reward.png").is_file() and (tmp_path / "plots" / "response_length.png").is_file()
+    np.testing.assert_allclose(moving_average([1, 2, 3, 4, 5], 2), [1, 1.5, 2.5, 3.5, 4.5])
+
+
+def test_progress_without_a_terminal_is_one_line_per_tenth(tmp_path, capsys):
+    from jax_tinyr1.train.logging import MetricsLogger
+
+    logger = MetricsLogger(tmp_path, total_steps=20)
+    for step in range(1, 21):
+        logger.log(step, {"reward": 0.5, "kl": 0.01})
+    logger.close()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 10 and lines[0].startswith("step 2/20 reward=0.5 kl=0.01 (") and "\r" not in "".join(lines)
+    assert lines[-1].startswith("step 20/20")

@@ -1,8 +1,11 @@
-"""Metrics: a progress bar with ETA and key figures, JSONL, TensorBoard event files."""
+"""Metrics: progress with ETA and key figures (a bar on a terminal, else one line per tenth
+of the run: a log file gets no redraws), JSONL, TensorBoard event files."""
 
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -14,7 +17,13 @@ class MetricsLogger:
     def __init__(self, output_dir: Path, total_steps: int, start_step: int = 0, enabled: bool = True):
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
-        self.bar = tqdm(total=total_steps, initial=start_step, disable=not enabled, dynamic_ncols=True)
+        self.total, self.start, self.began = total_steps, start_step, time.perf_counter()
+        self.every = max(1, total_steps // 10)  # without a terminal: one line per tenth
+        interactive = sys.stderr.isatty()
+        self.bar = tqdm(
+            total=total_steps, initial=start_step, disable=not (enabled and interactive), dynamic_ncols=True
+        )
+        self.lines = enabled and not interactive
         self.writer = None
         if enabled:
             from tensorboardX import SummaryWriter
@@ -40,8 +49,16 @@ class MetricsLogger:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         for key, value in metrics.items():
             self.writer.add_scalar(key, value, step)
-        self.bar.set_postfix({k.split("/")[-2] if "/" in k else k: f"{metrics[k]:.3g}" for k in SHOWN if k in metrics})
+        shown = {k.split("/")[-2] if "/" in k else k: f"{metrics[k]:.3g}" for k in SHOWN if k in metrics}
+        self.bar.set_postfix(shown)
         self.bar.update(1)
+        if self.lines and (step % self.every == 0 or step == self.total):
+            elapsed = time.perf_counter() - self.began
+            left = elapsed / max(step - self.start, 1) * (self.total - step)
+            figures = " ".join(f"{k}={v}" for k, v in shown.items())
+            print(
+                f"step {step}/{self.total} {figures} ({elapsed:.0f} s, ~{left:.0f} s left)", file=sys.stderr, flush=True
+            )
 
     def close(self) -> None:
         self.bar.close()

@@ -1,6 +1,9 @@
-"""PNG plots of a run, like the paper's Figures 4-5: reward, response length, KL, accuracy.
+"""PNG plots of runs, like the paper's Figures 4-5: reward, response length, KL, accuracy; each
+run's raw curve faint and its moving average bold, one colour per run.
 
-python -m jax_tinyr1.train.plot RUN_DIR
+    python -m jax_tinyr1.train.plot RUN_DIR [RUN_DIR ...] [--out DIR] [--window N]
+
+One run: the plots go into its directory; several: into --out (default: the first run's).
 """
 
 from __future__ import annotations
@@ -8,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from jax_tinyr1.cli import exits_on_bad_input
 from jax_tinyr1.train.logging import read_metrics
@@ -20,37 +25,68 @@ PLOTS = {
 }
 
 
-def plot_run(run_dir: Path) -> list[Path]:
+def moving_average(values, window: int) -> np.ndarray:
+    """The mean of each value and the up to `window - 1` before it (no look-ahead)."""
+    values = np.asarray(values, np.float64)
+    sums = np.cumsum(np.concatenate([[0.0], values]))
+    counts = np.minimum(np.arange(1, len(values) + 1), window)
+    return (sums[1:] - sums[np.arange(len(values)) + 1 - counts]) / counts
+
+
+def plot_runs(run_dirs: list[Path], out: Path | None = None, window: int | None = None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = read_metrics(run_dir)
+    runs = [(Path(d), read_metrics(d)) for d in run_dirs]
+    out = Path(out or run_dirs[0])
+    out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, (key, label) in PLOTS.items():
-        points = [(r["step"], r[key]) for r in records if key in r]
-        if not points:
-            continue
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
-        ax.plot(*zip(*points, strict=True), color="tab:blue", linewidth=1.2)
+        drawn = False
+        for i, (run_dir, records) in enumerate(runs):
+            points = [(r["step"], r[key]) for r in records if key in r]
+            if not points:
+                continue
+            steps, values = zip(*points, strict=True)
+            colour = f"C{i}"
+            smooth = moving_average(values, window or max(1, len(values) // 10))
+            ax.plot(steps, values, color=colour, linewidth=0.8, alpha=0.3)
+            ax.plot(steps, smooth, color=colour, linewidth=2.0, label=run_dir.name if len(runs) > 1 else None)
+            drawn = True
+        if not drawn:
+            plt.close(fig)
+            continue
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+        if len(runs) > 1:
+            ax.legend(fontsize=7)
         fig.tight_layout()
-        path = Path(run_dir) / f"{name}.png"
+        path = out / f"{name}.png"
         fig.savefig(path)
         plt.close(fig)
         written.append(path)
     return written
 
 
+def plot_run(run_dir: Path) -> list[Path]:
+    """The plots of one run, in its directory."""
+    return plot_runs([run_dir])
+
+
 @exits_on_bad_input
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("run_dirs", type=Path, nargs="+")
+    parser.add_argument("--out", type=Path, default=None, help="where several runs' plots go")
+    parser.add_argument("--window", type=int, default=None, help="moving-average steps (default: a tenth)")
     args = parser.parse_args(argv)
-    paths = plot_run(args.run_dir)
+    if args.window is not None and args.window < 1:
+        raise ValueError("--window must be >= 1")
+    paths = plot_runs(args.run_dirs, args.out, args.window)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
