@@ -128,7 +128,13 @@ def first_and_last_fifth(metrics: list[dict], key: str) -> tuple[float, float]:
 
 
 def run(
-    out: Path, *, quick: bool = False, sizes: Sizes | None = None, overrides: tuple[str, ...] = (), seed: int = 0
+    out: Path,
+    *,
+    quick: bool = False,
+    sizes: Sizes | None = None,
+    overrides: tuple[str, ...] = (),
+    seed: int = 0,
+    kinds: tuple[str, ...] = KINDS,
 ) -> dict:
     n = sizes or SIZES["quick" if quick else "full"]
     started = time.perf_counter()
@@ -141,7 +147,7 @@ def run(
 
     out.mkdir(parents=True, exist_ok=True)
     print("1/6 synthetic data (real H.264 clips)", flush=True)
-    synthetic = dict(kinds=KINDS, shuffle_options=False)
+    synthetic = dict(kinds=kinds, shuffle_options=False)
     data_seed = 10 * seed  # three disjoint draws per demo seed
     generate(
         out / "base_data", 0, seed=data_seed + 1, cold_start=n.base, with_reasoning=False, captions=True, **synthetic

@@ -323,11 +323,12 @@ def test_demo_pipeline_runs_end_to_end_quick(tmp_path):
     assert f"reward {results['reward_first']:.2f} -> {results['reward_last']:.2f}" in table
     # Several runs in one plot (one line each, raw faint, moving average bold).
     from jax_tinyr1.train.plot import main as plot_main
-    from jax_tinyr1.train.plot import moving_average
+    from jax_tinyr1.train.plot import moving_average, run_labels
 
     assert plot_main([str(out / "base"), str(out / "grpo"), "--out", str(tmp_path / "plots")]) == 0
     assert (tmp_path / "plots" / "reward.png").is_file() and (tmp_path / "plots" / "response_length.png").is_file()
     np.testing.assert_allclose(moving_average([1, 2, 3, 4, 5], 2), [1, 1.5, 2.5, 3.5, 4.5])
+    assert run_labels([Path("r/seed_0/grpo"), Path("r/seed_1/grpo")]) == ["seed_0/grpo", "seed_1/grpo"]
 
 
 def test_progress_without_a_terminal_is_one_line_per_tenth(tmp_path, capsys):

@@ -32,7 +32,9 @@ COLOURS = {
 }
 DIRECTIONS = ("left", "right", "up", "down")
 KINDS = ("direction", "first_appearance", "count", "colour_change")  # the default mix
-EXTRA_KINDS = ("screen_colour",)  # the whole frame changes colour: visible at any resolution
+# The whole frame changes colour (visible at any resolution): once, or twice with the question
+# about the colour between the changes (the answer needs the clip's course, not its end).
+EXTRA_KINDS = ("screen_colour", "middle_colour")
 
 BACKGROUND = 40
 STAMP_ROWS = 4  # the bottom rows hold the frame index
@@ -172,6 +174,20 @@ def make_clip(
             video[t, :usable] = COLOURS[before if t < frames // 2 else after]
         question = "What colour does the screen turn into?"
         reasoning = f"The screen is {before} in the first half of the clip and then turns {after}."
+    elif kind == "middle_colour":
+        if shuffle_options:
+            middle = colour_names[rng.integers(4)]
+            options = _options(middle, colour_names[:4], answer_index, rng)
+        else:
+            options = colour_names[:4]
+            middle = options[answer_index]
+        first = _other_colour(middle, rng)
+        last = _other_colour(middle, rng)
+        for t in range(frames):
+            third = 3 * t // frames
+            video[t, :usable] = COLOURS[(first, middle, last)[third]]
+        question = "What colour is the screen between its two changes?"
+        reasoning = f"The screen is {first} at first, then turns {middle}, and at the end turns {last}."
     else:
         raise ValueError(f"unknown question kind {kind!r}")
     for t in range(frames):

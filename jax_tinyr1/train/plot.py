@@ -40,13 +40,14 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None, window: int | None 
     import matplotlib.pyplot as plt
 
     runs = [(Path(d), read_metrics(d)) for d in run_dirs]
+    labels = run_labels([d for d, _ in runs])
     out = Path(out or run_dirs[0])
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, (key, label) in PLOTS.items():
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
         drawn = False
-        for i, (run_dir, records) in enumerate(runs):
+        for i, (_, records) in enumerate(runs):
             points = [(r["step"], r[key]) for r in records if key in r]
             if not points:
                 continue
@@ -54,7 +55,7 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None, window: int | None 
             colour = f"C{i}"
             smooth = moving_average(values, window or max(1, len(values) // 10))
             ax.plot(steps, values, color=colour, linewidth=0.8, alpha=0.3)
-            ax.plot(steps, smooth, color=colour, linewidth=2.0, label=run_dir.name if len(runs) > 1 else None)
+            ax.plot(steps, smooth, color=colour, linewidth=2.0, label=labels[i] if len(runs) > 1 else None)
             drawn = True
         if not drawn:
             plt.close(fig)
@@ -70,6 +71,15 @@ def plot_runs(run_dirs: list[Path], out: Path | None = None, window: int | None 
         plt.close(fig)
         written.append(path)
     return written
+
+
+def run_labels(run_dirs: list[Path]) -> list[str]:
+    """The shortest path endings that tell the runs apart (seed_0/grpo, seed_1/grpo, ...)."""
+    for depth in range(1, max(len(d.parts) for d in run_dirs) + 1):
+        labels = ["/".join(d.parts[-depth:]) for d in run_dirs]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(d) for d in run_dirs]
 
 
 def plot_run(run_dir: Path) -> list[Path]:
