@@ -83,6 +83,15 @@ def _options(correct: str, pool, answer_index: int, rng) -> list[str]:
     return options
 
 
+def _named_colour(answer_index: int, rng: np.random.Generator, shuffle_options: bool) -> tuple[list[str], str]:
+    """(options, the right colour) of a question answered by one of the first four colours."""
+    names = list(COLOURS)
+    if shuffle_options:
+        colour = names[rng.integers(4)]
+        return _options(colour, names[:4], answer_index, rng), colour
+    return names[:4], names[answer_index]
+
+
 def _other_colour(colour: str, rng: np.random.Generator) -> str:
     """A colour drawn uniformly from the others (the colour before a change)."""
     others = [n for n in COLOURS if n != colour]
@@ -163,24 +172,14 @@ def make_clip(
         question = "What colour does the square turn into?"
         reasoning = f"The square is {before} in the first half of the clip and then becomes {after}."
     elif kind == "screen_colour":
-        if shuffle_options:
-            after = colour_names[rng.integers(4)]
-            options = _options(after, colour_names[:4], answer_index, rng)
-        else:
-            options = colour_names[:4]
-            after = options[answer_index]
+        options, after = _named_colour(answer_index, rng, shuffle_options)
         before = _other_colour(after, rng)
         for t in range(frames):
             video[t, :usable] = COLOURS[before if t < frames // 2 else after]
         question = "What colour does the screen turn into?"
         reasoning = f"The screen is {before} in the first half of the clip and then turns {after}."
     elif kind == "middle_colour":
-        if shuffle_options:
-            middle = colour_names[rng.integers(4)]
-            options = _options(middle, colour_names[:4], answer_index, rng)
-        else:
-            options = colour_names[:4]
-            middle = options[answer_index]
+        options, middle = _named_colour(answer_index, rng, shuffle_options)
         first = _other_colour(middle, rng)
         last = _other_colour(middle, rng)
         for t in range(frames):
