@@ -52,8 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/demo_seeds"))
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), help="the question kinds (data.synthetic)")
+    parser.add_argument("overrides", nargs="*", help="GRPO config overrides, e.g. reward.max_len=600")
     args = parser.parse_args(argv)
-    summaries = [run(args.out / f"seed_{seed}", seed=seed, kinds=tuple(args.kinds)) for seed in args.seeds]
+    summaries = [
+        run(args.out / f"seed_{seed}", seed=seed, kinds=tuple(args.kinds), overrides=tuple(args.overrides))
+        for seed in args.seeds
+    ]
     plot_runs([args.out / f"seed_{seed}" / "grpo" for seed in args.seeds], args.out)
     result = table(summaries)
     (args.out / "seeds.md").write_text(result + "\n")
