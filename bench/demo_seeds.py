@@ -17,7 +17,7 @@ import platform
 import sys
 from pathlib import Path
 
-from jax_tinyr1.demo import KINDS, run
+from jax_tinyr1.demo import KINDS, SFT_LETTER_KINDS, run
 from jax_tinyr1.train.plot import plot_runs
 
 FINDINGS = {
@@ -52,10 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/demo_seeds"))
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), help="the question kinds (data.synthetic)")
+    parser.add_argument(
+        "--sft-letter-kinds", nargs="+", default=list(SFT_LETTER_KINDS), help="the SFT model's letter questions"
+    )
+    parser.add_argument("--sft-same-kinds", action="store_true", help="the SFT model answers the evaluated kinds")
     parser.add_argument("overrides", nargs="*", help="GRPO config overrides, e.g. reward.max_len=600")
     args = parser.parse_args(argv)
+    letters = None if args.sft_same_kinds else tuple(args.sft_letter_kinds)
     summaries = [
-        run(args.out / f"seed_{seed}", seed=seed, kinds=tuple(args.kinds), overrides=tuple(args.overrides))
+        run(
+            args.out / f"seed_{seed}",
+            seed=seed,
+            kinds=tuple(args.kinds),
+            overrides=tuple(args.overrides),
+            sft_letter_kinds=letters,
+        )
         for seed in args.seeds
     ]
     plot_runs([args.out / f"seed_{seed}" / "grpo" for seed in args.seeds], args.out)
