@@ -15,7 +15,7 @@ from jax_tinyr1.generate.sampling import SamplingConfig
 
 
 class Answerer:
-    def __init__(self, model, sampling: SamplingConfig, *, pad_multiple: int = 32):
+    def __init__(self, model, sampling: SamplingConfig, *, pad_multiple: int):
         self.graphdef, self.state = nnx.split(model)
         self.sampling, self.pad_multiple = sampling, pad_multiple
 

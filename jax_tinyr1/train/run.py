@@ -286,8 +286,7 @@ def train(config: TrainConfig, *, stage: str) -> Path:
             logger.log(step + 1, {**metrics, "nonfinite_steps": nonfinite_steps})
             # Every process takes the same decision at the same step (no one waits alone).
             too_many_bad = loader.too_many_bad()
-            stop_bad = multihost.any_process(too_many_bad is not None)
-            stop_signal = multihost.any_process(signals.received is not None)
+            stop_bad, stop_signal = multihost.any_process(too_many_bad is not None, signals.received is not None)
             diverged = consecutive_nonfinite >= config.run.max_nonfinite_steps
             if (step + 1) % config.run.save_every == 0 or step + 1 == total or stop_bad or stop_signal or diverged:
                 save(step + 1)

@@ -87,8 +87,10 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def any_process(flag: bool) -> bool:
-    """Whether `flag` is set on any process (all processes must call this, at the same point)."""
+def any_process(*flags: bool) -> tuple[bool, ...]:
+    """For each flag, whether it is set on any process: one collective for all of them (all
+    processes must call this, at the same point)."""
     if jax.process_count() == 1:
-        return bool(flag)
-    return bool(allgather_rows(np.array([int(flag)], np.int32)).max())
+        return tuple(bool(f) for f in flags)
+    gathered = allgather_rows(np.array([[int(f) for f in flags]], np.int32))
+    return tuple(bool(v) for v in gathered.max(axis=0))
