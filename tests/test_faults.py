@@ -119,11 +119,10 @@ def _exit(main, argv):
 
 def test_every_command_answers_bad_input_with_one_line_and_exit_2(sixteen, tmp_path, capsys):
     from checkpoints_convert import flax_to_hf, hf_to_flax
-    from jax_tinyr1 import ask, demo
+    from jax_tinyr1 import ask, demo, plot
     from jax_tinyr1.data import synthetic
     from jax_tinyr1.eval import __main__ as evaluation
     from jax_tinyr1.model import save_pretrained
-    from jax_tinyr1.train import plot
 
     malformed = tmp_path / "malformed"
     malformed.mkdir()

@@ -22,6 +22,7 @@ LAYERS = {
     "jax_tinyr1.train": 7,
     "jax_tinyr1.eval": 8,
     "jax_tinyr1.ask": 8,
+    "jax_tinyr1.plot": 8,
     "jax_tinyr1.demo": 9,
 }
 

@@ -322,7 +322,7 @@ def test_demo_pipeline_runs_end_to_end_quick(tmp_path):
     assert f"| R1 (GRPO) | reason, then answer | {results['r1_accuracy']:.1f} |" in table
     assert f"reward {results['reward_first']:.2f} -> {results['reward_last']:.2f}" in table
     # Several runs in one plot (one line each, raw faint, moving average bold).
-    from jax_tinyr1.train.plot import main as plot_main
+    from jax_tinyr1.plot import main as plot_main
     from jax_tinyr1.train.plot import moving_average, run_labels
 
     assert plot_main([str(out / "base"), str(out / "grpo"), "--out", str(tmp_path / "plots")]) == 0
