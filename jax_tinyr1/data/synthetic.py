@@ -241,12 +241,16 @@ def generate(
     for i in range(n + cold_start):
         kind = kinds[i % len(kinds)]
         n_options = 5 if kind == "count" else 4
-        answer_index = (i // len(kinds)) % n_options  # balanced letters within each kind
+        within_kind = i // len(kinds)
+        answer_index = within_kind % n_options  # balanced letters within each kind
         video, question, options, reasoning = make_clip(
             kind, answer_index, rng, frames, size, shuffle_options=shuffle_options
         )
         description = reasoning
-        reasoning = PREAMBLES[rng.integers(len(PREAMBLES))] + reasoning
+        # Every opening with every letter equally often (16 cold-start samples of one kind: each
+        # pair once): drawn at random, a small cold-start set ties an opening to a letter, and
+        # GRPO then moves the length for that letter's sake.
+        reasoning = PREAMBLES[(within_kind // n_options) % len(PREAMBLES)] + reasoning
         name = f"videos/clip_{i:05d}.{extension}"
         write_video(out / name, video, codec=codec)
         problem = question + "\n" + option_lines(options)
