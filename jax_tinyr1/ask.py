@@ -1,12 +1,14 @@
 """Ask one video a question.
 
     python -m jax_tinyr1.ask --checkpoint DIR --video PATH --question TEXT [--option "A. ..." ...]
-        [--max-new-tokens N] [--temperature T] [--seed S] [--tokenizer DIR]
+        [--max-new-tokens N] [--temperature T] [--seed S] [--tokenizer DIR] [--prompt eval|train]
 
-The question is asked as the evaluation asks it (options on their own lines, then the format
-instruction). Prints the reasoning and the answer, streamed token by token when stdout is a
-terminal, else at the end, then the seconds spent decoding the video, encoding it (vision
-tower + connector) and generating. A bad path or an unreadable video: exit 2, naming it.
+The question is asked as the evaluation asks it (options on their own lines, a newline, the
+format instruction), or with `--prompt train` as GRPO training asked it (a space before the
+instruction): a small model trained on one wording, like the demo's, may only follow that one.
+Prints the reasoning and the answer, streamed token by token when stdout is a terminal, else at
+the end, then the seconds spent decoding the video, encoding it (vision tower + connector) and
+generating. A bad path or an unreadable video: exit 2, naming it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from flax import nnx
 from jax_tinyr1.cli import exits_on_bad_input
 from jax_tinyr1.data.answers import answer_content, parse_option_letter
 from jax_tinyr1.data.preprocess import preprocess_frames
-from jax_tinyr1.data.template import eos_id, eval_question, pad_id, prompt_ids
+from jax_tinyr1.data.template import eos_id, eval_question, grpo_question, pad_id, prompt_ids
 from jax_tinyr1.data.tokenizer import load_tokenizer
 from jax_tinyr1.data.video import read_frame_folder, read_frames
 from jax_tinyr1.generate.sampler import generate
@@ -62,11 +64,13 @@ def ask(
     temperature,
     seed,
     stream: bool,
+    prompt: str = "eval",
 ) -> dict:
     model, config = load_pretrained(checkpoint)
     tokenizer = load_tokenizer(tokenizer_dir or checkpoint / "tokenizer")
     block = "\n".join([question, *options]) if options else question
-    ids = np.asarray([prompt_ids(tokenizer, eval_question(block))], np.int32)
+    question_text = {"eval": eval_question, "train": grpo_question}[prompt](block)
+    ids = np.asarray([prompt_ids(tokenizer, question_text)], np.int32)
 
     start = time.perf_counter()
     read = read_frame_folder if video.is_dir() else read_frames
@@ -102,6 +106,7 @@ def ask(
     text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
     content = answer_content(text)
     return {
+        "question": question_text,
         "completion": text,
         "answer": None if content is None else (parse_option_letter(content) or content.strip()),
         "tokens": len(tokens),
@@ -120,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy; else sampled with top-k 50")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tokenizer", type=Path, default=None)
+    parser.add_argument(
+        "--prompt", choices=("eval", "train"), default="eval", help="the evaluation's wording or GRPO training's"
+    )
     args = parser.parse_args(argv)
     stream = sys.stdout.isatty()
     if args.max_new_tokens < 1 or args.temperature < 0:
@@ -136,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         temperature=args.temperature,
         seed=args.seed,
         stream=stream,
+        prompt=args.prompt,
     )
     print("" if stream else result["completion"])
     print(f"answer: {result['answer']}")

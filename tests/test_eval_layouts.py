@@ -15,7 +15,7 @@ from PIL import Image
 from jax_tinyr1.data.answers import original_prediction
 from jax_tinyr1.data.policy import BadInputPolicy
 from jax_tinyr1.data.synthetic import read_index, stamp_index, write_video
-from jax_tinyr1.data.template import render_prompt
+from jax_tinyr1.data.template import eval_question, grpo_question, render_prompt
 from jax_tinyr1.data.tokenizer import build_tokenizer
 from jax_tinyr1.data.video import segment_indices
 from jax_tinyr1.eval.__main__ import EXIT_INCOMPLETE, main
@@ -251,6 +251,25 @@ def test_ask_one_video_streamed_and_plain(layouts, checkpoint, tmp_path, capsys)
         checkpoint, video, "How many?", [], tokenizer_dir=None, max_new_tokens=6, temperature=1.0, seed=3, stream=True
     )
     assert result["completion"] and capsys.readouterr().out.strip() == result["completion"]
+    assert result["question"] == eval_question("How many?")
+    # As GRPO training asked it (the demo's models know only that wording).
+    trained = ask(
+        checkpoint,
+        video,
+        "How many?",
+        ["A. 1"],
+        tokenizer_dir=None,
+        max_new_tokens=2,
+        temperature=0.0,
+        seed=0,
+        stream=False,
+        prompt="train",
+    )
+    assert trained["question"] == grpo_question("How many?\nA. 1") != eval_question("How many?\nA. 1")
+    assert ask_main([*args, "--prompt", "train", "--max-new-tokens", "2"]) == 0
+    with pytest.raises(SystemExit) as refused:  # argparse's own exit for an unknown choice
+        ask_main([*args, "--prompt", "chat"])
+    assert refused.value.code == 2 and "invalid choice: 'chat'" in capsys.readouterr().err
     # A frame folder works as a video; a broken file is named.
     assert ask_main([*args[:2], "--video", str(layouts / "MVBench/video/tvqa/frames_fps3_hq/d"), *args[4:]]) == 0
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
