@@ -53,6 +53,10 @@ class _Printer:
         self.shown = text
 
 
+# The two wordings of a question: the official evaluation's, and GRPO training's.
+PROMPTS = {"eval": eval_question, "train": grpo_question}
+
+
 def ask(
     checkpoint: Path,
     video: Path,
@@ -66,10 +70,12 @@ def ask(
     stream: bool,
     prompt: str = "eval",
 ) -> dict:
+    if prompt not in PROMPTS:
+        raise ValueError(f"prompt must be one of {sorted(PROMPTS)}, got {prompt!r}")
     model, config = load_pretrained(checkpoint)
     tokenizer = load_tokenizer(tokenizer_dir or checkpoint / "tokenizer")
     block = "\n".join([question, *options]) if options else question
-    question_text = {"eval": eval_question, "train": grpo_question}[prompt](block)
+    question_text = PROMPTS[prompt](block)
     ids = np.asarray([prompt_ids(tokenizer, question_text)], np.int32)
 
     start = time.perf_counter()
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tokenizer", type=Path, default=None)
     parser.add_argument(
-        "--prompt", choices=("eval", "train"), default="eval", help="the evaluation's wording or GRPO training's"
+        "--prompt", choices=tuple(PROMPTS), default="eval", help="the evaluation's wording or GRPO training's"
     )
     args = parser.parse_args(argv)
     stream = sys.stdout.isatty()

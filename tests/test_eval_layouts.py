@@ -270,6 +270,19 @@ def test_ask_one_video_streamed_and_plain(layouts, checkpoint, tmp_path, capsys)
     with pytest.raises(SystemExit) as refused:  # argparse's own exit for an unknown choice
         ask_main([*args, "--prompt", "chat"])
     assert refused.value.code == 2 and "invalid choice: 'chat'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="prompt must be one of"):
+        ask(
+            checkpoint,
+            video,
+            "Q",
+            [],
+            tokenizer_dir=None,
+            max_new_tokens=1,
+            temperature=0,
+            seed=0,
+            stream=False,
+            prompt="chat",
+        )
     # A frame folder works as a video; a broken file is named.
     assert ask_main([*args[:2], "--video", str(layouts / "MVBench/video/tvqa/frames_fps3_hq/d"), *args[4:]]) == 0
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
