@@ -19,7 +19,7 @@ from jax_tinyr1.data.formats import (
 )
 from jax_tinyr1.data.loader import LoaderConfig, VideoQALoader, process_order
 from jax_tinyr1.data.policy import BadInputPolicy, DataError, resolve_inside
-from jax_tinyr1.data.synthetic import COLOURS, PREAMBLES, generate, make_clip, read_index, write_video
+from jax_tinyr1.data.synthetic import CHECKS, COLOURS, generate, make_clip, read_index, write_video
 from jax_tinyr1.data.tokenizer import build_tokenizer
 from jax_tinyr1.data.video import VideoDecodeError, frame_indices, read_frames
 
@@ -248,12 +248,14 @@ def test_synthetic_data_set_is_deterministic_balanced_and_parses(tmp_path):
     assert [r.response for r in questions] == [r.answer for r in questions] and all(r.answer for r in questions)
     assert all(r.options == () and r.answer == "" and r.response.startswith("The screen is ") for r in captions)
     sixteen = generate(tmp_path / "d", 0, seed=5, cold_start=16, frames=2, size=16, kinds=("middle_colour",))
-    openings = [
-        max((p for p in PREAMBLES if r.response.startswith("<think>" + p)), key=len)
-        for r in read_cold_start_json(sixteen["cold_start"])
+    samples = read_cold_start_json(sixteen["cold_start"])
+    # The check comes after the tentative answer, so its length cannot change the answer.
+    checks = [
+        r.response.split(f"So the answer is option {r.answer}.")[1].removesuffix(f"</think><answer>{r.answer}</answer>")
+        for r in samples
     ]
-    letters = [r.answer for r in read_cold_start_json(sixteen["cold_start"])]
-    assert len(set(zip(openings, letters, strict=True))) == 16  # each opening with each letter once
+    assert set(checks) == set(CHECKS)
+    assert len(set(zip(checks, [r.answer for r in samples], strict=True))) == 16  # each check with each letter once
     frames, *_ = make_clip("screen_colour", 2, np.random.default_rng(0), frames=4, size=16, shuffle_options=False)
     assert tuple(frames[-1, 0, 0]) == COLOURS["blue"]  # options in a fixed order: C is blue
     assert all(r.response.startswith("<think>") for r in cold)

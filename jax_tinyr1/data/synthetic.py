@@ -38,14 +38,18 @@ EXTRA_KINDS = ("screen_colour", "middle_colour")
 
 BACKGROUND = 40
 STAMP_ROWS = 4  # the bottom rows hold the frame index
-# Openings of the generated reasoning, of different lengths: the cold-start model then writes
-# reasoning of varied length, which the format reward's length term can select among.
-PREAMBLES = (
+# Checks of varied length after the tentative answer (the paper's model re-checks its answer):
+# the cold-start model then writes reasoning of varied length, which the format reward's length
+# term can select among. They follow the answer, so their length cannot change it, and each
+# starts with its own word: checks sharing an opening ("Let me check again, ...") were blended
+# by the tiny model at temperature 1 into text that broke the format (27 % of ColdStart's samples
+# in one seed, 5 % with these), and the format's -2 then made every longer check a risk.
+CHECKS = (
     "",
-    "Let me watch the clip. ",
-    "Let me watch the clip closely, from the first frame to the last one. ",
-    "Let me watch the clip closely, frame by frame, from the very first frame to the last one, "
-    "and keep track of what changes over time. ",
+    " Checked: yes.",
+    " Once more, change by change: it holds.",
+    " Going over the whole clip again, from its first frame to its last one, every change is where "
+    "I said it is, so the answer stands.",
 )
 
 
@@ -247,10 +251,10 @@ def generate(
             kind, answer_index, rng, frames, size, shuffle_options=shuffle_options
         )
         description = reasoning
-        # Every opening with every letter equally often (16 cold-start samples of one kind: each
-        # pair once): drawn at random, a small cold-start set ties an opening to a letter, and
-        # GRPO then moves the length for that letter's sake.
-        reasoning = PREAMBLES[(within_kind // n_options) % len(PREAMBLES)] + reasoning
+        # Every check with every letter equally often (16 cold-start samples of one kind: each
+        # pair once): drawn at random, a small cold-start set ties a check to a letter, and GRPO
+        # then moves the length for that letter's sake.
+        check = CHECKS[(within_kind // n_options) % len(CHECKS)]
         name = f"videos/clip_{i:05d}.{extension}"
         write_video(out / name, video, codec=codec)
         problem = question + "\n" + option_lines(options)
@@ -266,7 +270,7 @@ def generate(
                 }
             )
         else:
-            response = f"<think>{reasoning} So the answer is option {letter}.</think><answer>{letter}</answer>"
+            response = f"<think>{reasoning} So the answer is option {letter}.{check}</think><answer>{letter}</answer>"
             cold.append(
                 {
                     "id": f"synthetic-cold-{i:05d}",
