@@ -6,7 +6,8 @@ Short clips of simple moving shapes and questions that need the video: the direc
 motion, which object appears first, how many circles appear, what colour a square turns
 into. 4 or 5 options; the right letters are balanced; everything is deterministic for a
 seed. Writes DIR/videos/*.mp4, DIR/train.jsonl (the GRPO format) and DIR/cold_start.json
-(with generated <think>...</think><answer>X</answer> reasoning). Each frame carries its own
+(with generated <think>...</think><answer>X</answer> reasoning: what the clip shows, the
+answer, then a check of varied length). Each frame carries its own
 index in an 8-bit strip at the bottom (white block = 1), so decoders can be checked.
 """
 
