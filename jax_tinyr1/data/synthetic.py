@@ -251,7 +251,6 @@ def generate(
         video, question, options, reasoning = make_clip(
             kind, answer_index, rng, frames, size, shuffle_options=shuffle_options
         )
-        description = reasoning
         # Every check with every letter equally often (16 cold-start samples of one kind: each
         # pair once): drawn at random, a small cold-start set ties a check to a letter, and GRPO
         # then moves the length for that letter's sake.
@@ -292,7 +291,7 @@ def generate(
                         "video": name,
                         "conversations": [
                             {"from": "human", "value": "<image>\nDescribe the video."},
-                            {"from": "gpt", "value": description},
+                            {"from": "gpt", "value": reasoning},
                         ],
                     }
                 )
