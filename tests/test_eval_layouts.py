@@ -3,6 +3,7 @@ clips written with PyAV as mp4, webm and avi, a JPEG frame folder, MMVU URL fiel
 Video-MME parquet), the original's prompts byte for byte, its frame indices worked out by
 hand, and nothing silently missing."""
 
+import functools
 import json
 import random
 
@@ -253,36 +254,15 @@ def test_ask_one_video_streamed_and_plain(layouts, checkpoint, tmp_path, capsys)
     assert result["completion"] and capsys.readouterr().out.strip() == result["completion"]
     assert result["question"] == eval_question("How many?")
     # As GRPO training asked it (the demo's models know only that wording).
-    trained = ask(
-        checkpoint,
-        video,
-        "How many?",
-        ["A. 1"],
-        tokenizer_dir=None,
-        max_new_tokens=2,
-        temperature=0.0,
-        seed=0,
-        stream=False,
-        prompt="train",
-    )
+    ask_quietly = functools.partial(ask, checkpoint, video, tokenizer_dir=None, temperature=0.0, seed=0, stream=False)
+    trained = ask_quietly("How many?", ["A. 1"], max_new_tokens=2, prompt="train")
     assert trained["question"] == grpo_question("How many?\nA. 1") != eval_question("How many?\nA. 1")
     assert ask_main([*args, "--prompt", "train", "--max-new-tokens", "2"]) == 0
     with pytest.raises(SystemExit) as refused:  # argparse's own exit for an unknown choice
         ask_main([*args, "--prompt", "chat"])
     assert refused.value.code == 2 and "invalid choice: 'chat'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="prompt must be one of"):
-        ask(
-            checkpoint,
-            video,
-            "Q",
-            [],
-            tokenizer_dir=None,
-            max_new_tokens=1,
-            temperature=0,
-            seed=0,
-            stream=False,
-            prompt="chat",
-        )
+        ask_quietly("Q", [], max_new_tokens=1, prompt="chat")
     # A frame folder works as a video; a broken file is named.
     assert ask_main([*args[:2], "--video", str(layouts / "MVBench/video/tvqa/frames_fps3_hq/d"), *args[4:]]) == 0
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
