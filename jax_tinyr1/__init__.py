@@ -26,3 +26,7 @@ across the package:
 Dtypes are named by the strings of `model.layers.DTYPES` everywhere (configs, checkpoints,
 exports).
 """
+
+from jax_tinyr1 import platform as _platform
+
+_platform.configure()  # before JAX compiles anything: the GPU flags, and a quiet CUDA plugin without a GPU

@@ -186,7 +186,10 @@ def test_plan_of_the_paper_config_from_a_config_json_only_checkpoint(tmp_path):
     assert "update" in out.stderr and "--device-memory-gib 0.0001" in out.stderr
     lines = out.stdout.strip().splitlines()
     assert lines[0].startswith("plan: mesh data=1 fsdp=2 tensor=1 on 2 cpu devices; compute bfloat16")
-    names = [line.split("  ")[0] for line in lines[2:-2]]
+    assert "remat nothing_saveable" in lines[0]
+    start = next(i for i, line in enumerate(lines) if line.startswith("program"))
+    end = next(i for i, line in enumerate(lines) if line.startswith("step_gflops_per_device="))
+    names = [line.split("  ")[0] for line in lines[start + 1 : end]]
     assert names == [
         "vision encode",
         "rollout (G=8, 8 new tokens)",
@@ -195,7 +198,9 @@ def test_plan_of_the_paper_config_from_a_config_json_only_checkpoint(tmp_path):
     ]
     peak = float(lines[-1].split("=")[1])
     assert lines[-1].startswith("per_device_peak_gib=") and 0 < peak < 0.1
-    assert float(lines[-2].split("=")[1].split()[0]) > 0  # step FLOPs
+    assert float(lines[end].split("=")[1].split()[0]) > 0  # step FLOPs (XLA's count)
+    assert lines[end + 1].startswith("step_matmul_tflops_per_device=")
+    assert float(lines[end + 1].split("=")[1].split()[0]) > 0
     assert not (tmp_path / "params").exists()  # nothing but config.json was there, nothing was written
 
 
@@ -217,7 +222,7 @@ def test_bad_run_settings_exit_2_naming_the_key_or_path(tiny, tmp_path, capsys):
     code, err = run("--plan", "data.prompt_tokens=0")
     assert code == 2 and "data.prompt_tokens" in err
     code, err = run("model.preset=tinyllava-video-tiny", "--device-memory-gib", "8")
-    assert code == 2 and "--device-memory-gib applies to --plan only" in err
+    assert code == 2 and "--device-memory-gib and --target apply to --plan only" in err
     # A real run whose mesh does not divide the job's devices (3 of 8).
     code, err = run(
         f"model.checkpoint={tiny / 'ckpt'}",

@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     "jax_tinyr1.derived": 0,
     "jax_tinyr1.cli": 0,
+    "jax_tinyr1.platform": 0,
     "jax_tinyr1.data": 1,
     "jax_tinyr1.model": 2,
     "checkpoints_convert": 3,

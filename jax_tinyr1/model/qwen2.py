@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from jax_tinyr1.model.layers import (
     DTYPES,
@@ -44,6 +45,7 @@ class Qwen2Config:
     param_dtype: str = "float32"  # master weights
     dtype: str = "float32"  # compute
     remat: bool = False  # rematerialize the layer body in the backward pass
+    remat_policy: str = "nothing_saveable"  # what the backward pass keeps of each layer (REMAT_POLICIES)
     scan_unroll: int = 1  # layers per scan iteration (1: one compiled body; num_layers: fully unrolled)
 
     def __post_init__(self):
@@ -66,6 +68,21 @@ class Qwen2Config:
         if self.head_dim % 2:
             raise ValueError(f"Qwen2Config.head_dim must be even for RoPE, got {self.head_dim}")
         require_dtypes(self)
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy must be one of {sorted(REMAT_POLICIES)}, got {self.remat_policy!r}")
+
+
+# What the backward pass of a rematerialised layer keeps from its forward pass (the rest it
+# recomputes), as `jax.checkpoint` policies. Fewer saved values: less memory, more FLOPs.
+REMAT_POLICIES: dict[str, Callable] = {
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,  # only the layer's input: a second forward
+    "save_qkv_proj": jax.checkpoint_policies.save_only_these_names("q_proj", "k_proj", "v_proj"),
+    # the projections and the attention output: the attention itself is not recomputed
+    "save_attention": jax.checkpoint_policies.save_only_these_names("q_proj", "k_proj", "v_proj", "attention"),
+    # every matmul with the weights (projections, MLP); the attention and element-wise ops are recomputed
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # the attention's matmuls as well
+}
 
 
 class KVCache(NamedTuple):
@@ -165,10 +182,16 @@ def decoder_layer(config: Qwen2Config, p: dict[str, jax.Array], x, cos, sin, att
     cache when there is one); `extra` is returned beside the new activations."""
     n, k, h, eps = config.num_heads, config.num_kv_heads, config.head_dim, config.rms_norm_eps
     y = rms_norm(x, p["input_norm"], eps, axis=layout.feature_axis)
-    q = apply_rope(layout.split_heads(layout.project(y, p["q_kernel"], p["q_bias"]), n, h), cos, sin)
-    key = apply_rope(layout.split_heads(layout.project(y, p["k_kernel"], p["k_bias"]), k, h), cos, sin)
-    val = layout.split_heads(layout.project(y, p["v_kernel"], p["v_bias"]), k, h)
+    # The names are what a remat policy may keep (REMAT_POLICIES); outside remat they do nothing.
+    q = apply_rope(
+        layout.split_heads(checkpoint_name(layout.project(y, p["q_kernel"], p["q_bias"]), "q_proj"), n, h), cos, sin
+    )
+    key = apply_rope(
+        layout.split_heads(checkpoint_name(layout.project(y, p["k_kernel"], p["k_bias"]), "k_proj"), k, h), cos, sin
+    )
+    val = layout.split_heads(checkpoint_name(layout.project(y, p["v_kernel"], p["v_bias"]), "v_proj"), k, h)
     attn, extra = attend(q, key, val)
+    attn = checkpoint_name(attn, "attention")
     x = x + layout.project(layout.merge_heads(attn), p["o_kernel"])
     y = rms_norm(x, p["post_attention_norm"], eps, axis=layout.feature_axis)
     gated = jax.nn.silu(layout.project(y, p["gate_kernel"])) * layout.project(y, p["up_kernel"])
@@ -278,7 +301,7 @@ class Qwen2ForCausalLM(nnx.Module):
             return _scanned_layer(c, p, x, cos, sin, mask, kv)
 
         if c.remat:
-            body = jax.checkpoint(body, prevent_cse=False)
+            body = jax.checkpoint(body, prevent_cse=False, policy=REMAT_POLICIES[c.remat_policy])
         params = {name: var[...] for name, var in self.layers.items()}
         kv_in = None if cache is None else (cache.k_lbksh, cache.v_lbksh)
         x_btd, kv_out = jax.lax.scan(body, x_btd, (params, kv_in), unroll=c.scan_unroll)

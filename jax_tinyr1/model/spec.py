@@ -15,11 +15,13 @@ from pathlib import Path
 from jax_tinyr1.model.checkpoint import build_model, load_pretrained
 from jax_tinyr1.model.config_io import CONFIG_FILE, load_model_config
 from jax_tinyr1.model.presets import get_preset
+from jax_tinyr1.model.qwen2 import REMAT_POLICIES
 from jax_tinyr1.model.registry import type_of
 from jax_tinyr1.model.tinyllava import TinyLlavaConfig
 from jax_tinyr1.model.validation import require_dtype
 
 DEFAULT_PRESET = "tinyllava-video-tiny"  # the embedded default: runs anywhere, on CPU
+DEFAULT_REMAT_POLICY = "nothing_saveable"  # the paper's gradient checkpointing: each layer recomputed whole
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +31,8 @@ class ModelSpec:
     dtype: str = "float32"  # compute dtype of all three parts
     param_dtype: str = "float32"  # master weights (and what the optimizer updates)
     remat: bool = False  # recompute each language-model layer in the backward pass
+    # What the backward pass keeps of each layer (qwen2.REMAT_POLICIES); None: nothing_saveable
+    remat_policy: str | None = None
     scan_unroll: int = 1  # language-model layers per scan iteration
 
     def __post_init__(self):
@@ -36,6 +40,10 @@ class ModelSpec:
             raise ValueError("model.preset and model.checkpoint exclude each other: give one")
         for name in ("dtype", "param_dtype"):
             require_dtype(f"model.{name}", getattr(self, name))
+        if self.remat_policy is not None and not self.remat:
+            raise ValueError("model.remat_policy: model.remat is false, so no layer is rematerialised")
+        if self.remat_policy is not None and self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"model.remat_policy: one of {sorted(REMAT_POLICIES)}, got {self.remat_policy!r}")
         if self.scan_unroll < 1:
             raise ValueError(f"model.scan_unroll: must be >= 1, got {self.scan_unroll}")
 
@@ -64,10 +72,20 @@ class ModelSpec:
         numerics = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         return dataclasses.replace(
             config,
-            llm=dataclasses.replace(config.llm, **numerics, remat=self.remat, scan_unroll=self.scan_unroll),
+            llm=dataclasses.replace(
+                config.llm,
+                **numerics,
+                remat=self.remat,
+                remat_policy=self.effective_remat_policy,
+                scan_unroll=self.scan_unroll,
+            ),
             vision=dataclasses.replace(config.vision, **numerics),
             connector=dataclasses.replace(config.connector, **numerics),
         )
+
+    @property
+    def effective_remat_policy(self) -> str:
+        return self.remat_policy or DEFAULT_REMAT_POLICY
 
     def resolve(self) -> TinyLlavaConfig:
         return self.apply(self.source_config())
@@ -86,6 +104,6 @@ class ModelSpec:
             "source": self.checkpoint or f"preset {self.preset or DEFAULT_PRESET}",
             "compute_dtype": self.dtype,
             "master_weight_dtype": self.param_dtype,
-            "remat": self.remat,
+            "remat": self.effective_remat_policy if self.remat else False,
             "scan_unroll": self.scan_unroll,
         }

@@ -218,5 +218,21 @@ def load_config(path: str | Path | None, overrides: list[str] = (), *, stage: st
     return config
 
 
+def sft_config(config: TrainConfig, total_steps: int) -> SFTConfig:
+    """The SFT update's config: the sft section with the optimizer section it composes."""
+    return dataclasses.replace(config.sft, optimizer=dataclasses.replace(config.optimizer, total_steps=total_steps))
+
+
+def grpo_config(config: TrainConfig, total_steps: int, *, eos: int, pad: int) -> GRPOConfig:
+    """The GRPO update's config: the grpo section with the objective, sampling and optimizer
+    sections it composes."""
+    return dataclasses.replace(
+        config.grpo,
+        objective=config.objective,
+        sampling=dataclasses.replace(config.sampling, eos_id=eos, pad_id=pad),
+        optimizer=dataclasses.replace(config.optimizer, total_steps=total_steps),
+    )
+
+
 def to_dict(config: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)

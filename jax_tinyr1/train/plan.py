@@ -21,9 +21,12 @@ not the step's arithmetic.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import math
 import os
+import re
 import sys
 import time
 
@@ -33,20 +36,27 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jax_tinyr1.cli import one_line
 from jax_tinyr1.grpo import update as grpo_update
 from jax_tinyr1.grpo.trainer import rollout_program
 from jax_tinyr1.model import abstract_model
 from jax_tinyr1.model.layers import DTYPES
 from jax_tinyr1.model.sharding import batch_sharding, make_mesh
 from jax_tinyr1.sft import objective as sft_objective
-from jax_tinyr1.train.config import ConfigError, TrainConfig
-from jax_tinyr1.train.run import grpo_config, sft_config
+from jax_tinyr1.train.config import ConfigError, TrainConfig, grpo_config, sft_config
+from jax_tinyr1.train.flops import jaxpr_matmul_flops
+from jax_tinyr1.train.gpu_target import JAX_DEFAULT_MEM_FRACTION, compile_only_devices, resolve_target
 from jax_tinyr1.update.optimizer import make_optimizer, opt_state_shardings
 from jax_tinyr1.update.params import encode_program, param_shardings
 
 GIB = 1024**3
 PLAN_DEVICES_FLAG = "--xla_force_host_platform_device_count"
 EXIT_OVER_BUDGET = 3
+MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
+
+
+class ProgramCompileError(RuntimeError):
+    """XLA could not compile a program of the step (not bad input: the traceback stays)."""
 
 
 @dataclasses.dataclass
@@ -57,8 +67,10 @@ class ProgramPlan:
     temporaries_gib: float
     outputs_gib: float
     resident_gib: float  # on the device meanwhile, not an argument of this program
-    gflops: float  # per device and execution (XLA cost analysis)
+    gflops: float  # per device and execution (XLA's cost analysis: loop bodies once)
+    matmul_tflops: float  # per device and execution, every loop iteration (train/flops.py)
     compile_s: float
+    collectives: dict[str, int]  # communication ops in the compiled program (a loop body's once)
 
     @property
     def peak_gib(self) -> float:
@@ -97,14 +109,37 @@ def device_gib(tree) -> float:
     return total / GIB
 
 
-def _compile(name, fn, args, *, runs, resident, in_shardings=None, out_shardings=None, donate=()):
+def _flops(cost) -> float:
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float((cost or {}).get("flops", 0.0))
+
+
+def unoptimised_flops(lowered) -> float:
+    """FLOPs of a lowered program's whole-mesh HLO before optimisation, counted by XLA:CPU's
+    cost analysis (what a compile-only GPU cannot give: its cost analysis is not implemented)."""
+    from jax._src.lib import _jax  # the cost analysis of an HLO module, as Lowered.cost_analysis calls it
+
+    module = lowered.compiler_ir("hlo").as_hlo_module()
+    return _flops(_jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module))
+
+
+def _compile_one(
+    name, fn, args, *, devices, runs, resident, in_shardings=None, out_shardings=None, donate=(), while_trips=1
+):
     kwargs = {} if in_shardings is None else {"in_shardings": in_shardings, "out_shardings": out_shardings}
     start = time.perf_counter()
-    compiled = jax.jit(fn, donate_argnums=donate, **kwargs).lower(*args).compile()
+    traced = jax.jit(fn, donate_argnums=donate, **kwargs).trace(*args)
+    lowered = traced.lower()
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        raise ProgramCompileError(f"{name}: XLA cannot compile it: {one_line(e)[:3000]}") from e
     seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    if devices[0].platform == "cpu":
+        gflops = _flops(compiled.cost_analysis()) / 1e9
+    else:  # a compile-only GPU has no cost analysis: whole-mesh FLOPs before optimisation, per device
+        gflops = unoptimised_flops(lowered) / len(devices) / 1e9
     return ProgramPlan(
         name=name,
         runs_per_step=runs,
@@ -112,14 +147,28 @@ def _compile(name, fn, args, *, runs, resident, in_shardings=None, out_shardings
         temporaries_gib=memory.temp_size_in_bytes / GIB,
         outputs_gib=(memory.output_size_in_bytes - memory.alias_size_in_bytes) / GIB,
         resident_gib=resident,
-        gflops=float((cost or {}).get("flops", 0.0)) / 1e9,
+        gflops=gflops,
+        matmul_tflops=jaxpr_matmul_flops(traced.jaxpr.jaxpr, while_trips) / len(devices) / 1e12,
         compile_s=seconds,
+        collectives=count_collectives(compiled.as_text()),
     )
 
 
-def plan_run(config: TrainConfig, *, stage: str, devices) -> list[ProgramPlan]:
-    """Compile every program of one step of `config` ahead of time; nothing is allocated."""
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+_COLLECTIVE_OP = re.compile(r"= [^=]*? (" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+
+
+def count_collectives(hlo_text: str) -> dict[str, int]:
+    """How many of each communication op a compiled program's HLO holds."""
+    found = collections.Counter(m.group(1) for m in _COLLECTIVE_OP.finditer(hlo_text))
+    return {name: found[name] for name in COLLECTIVES if found[name]}
+
+
+def plan_run(config: TrainConfig, *, stage: str, devices, processes: int = 1) -> list[ProgramPlan]:
+    """Compile every program of one step of `config` ahead of time for `devices` (of
+    `processes` processes, each with its `data.batch_size`); nothing is allocated."""
     sft = stage == "sft"
+    _compile = functools.partial(_compile_one, devices=devices)
     model_config = config.model.resolve()
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
     # The trainer's own config (the step count only shapes the learning-rate schedule).
@@ -164,7 +213,7 @@ def plan_run(config: TrainConfig, *, stage: str, devices) -> list[ProgramPlan]:
         "reference": device_gib(reference) if with_reference else 0.0,
     }
 
-    b = d.batch_size * jax.process_count()
+    b = d.batch_size * processes
     rows = b * (1 if sft else stage_config.group_size)
     text = d.prompt_tokens - visual + 1
     new_tokens = d.response_tokens if sft else stage_config.sampling.max_new_tokens
@@ -202,7 +251,7 @@ def plan_run(config: TrainConfig, *, stage: str, devices) -> list[ProgramPlan]:
             update = sft_objective.make_sft_update(graphdef, stage_config, optimizer)
         else:
             grpo = stage_config
-            key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
+            key = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=replicated)
             # The accelerator decode path ("auto" would pick the CPU one on virtual devices).
             rollout = rollout_program(graphdef, grpo, decode_path="scan")
             ids = spec((b, text), jnp.int32)
@@ -212,6 +261,7 @@ def plan_run(config: TrainConfig, *, stage: str, devices) -> list[ProgramPlan]:
                     rollout,
                     (trainable, frozen, ids, ids, vision_input, key),
                     runs=1,
+                    while_trips=new_tokens,  # the decode loop at its longest
                     resident=sizes["opt_state"] + sizes["reference"],
                 )
             )
@@ -248,38 +298,79 @@ def plan_run(config: TrainConfig, *, stage: str, devices) -> list[ProgramPlan]:
     return plans
 
 
-def format_plan(config: TrainConfig, plans: list[ProgramPlan], devices) -> str:
+def format_plan(config: TrainConfig, plans: list[ProgramPlan], where: str, notes: list[str] = ()) -> str:
+    """The header (`notes` below it), one row per program; the last line is
+    `per_device_peak_gib=X`."""
     m, spec = config.mesh, config.model
-    kind = devices[0].platform if devices else "?"
+    remat = spec.effective_remat_policy if spec.remat else "off"
     lines = [
-        f"plan: mesh data={m.data} fsdp={m.fsdp} tensor={m.tensor} on {len(devices)} {kind} devices; "
-        f"compute {spec.dtype}, master weights {spec.param_dtype}, remat {'on' if spec.remat else 'off'}, "
+        f"plan: mesh data={m.data} fsdp={m.fsdp} tensor={m.tensor} on {where}; "
+        f"compute {spec.dtype}, master weights {spec.param_dtype}, remat {remat}, "
         f"AdamW moments {config.optimizer.state_dtype}",
+        *notes,
         f"{'program':<46}{'runs':>5}{'args':>8}{'temp':>8}{'out':>8}{'resident':>10}{'peak GiB':>10}"
-        f"{'GFLOP/dev':>11}{'compile s':>11}",
+        f"{'GFLOP/dev':>11}{'TFLOP/dev':>11}{'compile s':>11}",
     ]
     for p in plans:
         lines.append(
             f"{p.name:<46}{p.runs_per_step:>5}{p.arguments_gib:>8.2f}{p.temporaries_gib:>8.2f}{p.outputs_gib:>8.2f}"
-            f"{p.resident_gib:>10.2f}{p.peak_gib:>10.2f}{p.gflops:>11.1f}{p.compile_s:>11.1f}"
+            f"{p.resident_gib:>10.2f}{p.peak_gib:>10.2f}{p.gflops:>11.1f}{p.matmul_tflops:>11.4g}{p.compile_s:>11.1f}"
         )
     step_gflops = sum(p.gflops * p.runs_per_step for p in plans)
-    lines.append(f"step_gflops_per_device={step_gflops:.1f} (XLA cost analysis; loop bodies counted once)")
+    step_tflops = sum(p.matmul_tflops * p.runs_per_step for p in plans)
+    lines.append(f"step_gflops_per_device={step_gflops:.1f} (GFLOP/dev: XLA's count, loop bodies once)")
+    lines.append(
+        f"step_matmul_tflops_per_device={step_tflops:.4g} (TFLOP/dev: matmuls of the traced program, every loop "
+        "iteration, recomputation included, the decode loop at max_new_tokens)"
+    )
+    for p in plans:
+        ops = ", ".join(f"{name} {count}" for name, count in p.collectives.items()) or "none"
+        lines.append(f"collectives of {p.name}: {ops}")
     lines.append(f"per_device_peak_gib={max(p.peak_gib for p in plans):.3f}")
     return "\n".join(lines)
 
 
-def run_plan(config: TrainConfig, *, stage: str, device_memory_gib: float | None) -> int:
-    """Print the plan; exit code 3 when the largest program exceeds `device_memory_gib`."""
-    devices = plan_devices(config.mesh.size)
-    plans = plan_run(config, stage=stage, devices=devices)
-    print(format_plan(config, plans, devices), flush=True)
-    worst = max(plans, key=lambda p: p.peak_gib)
-    if device_memory_gib is not None and worst.peak_gib > device_memory_gib:
-        print(
-            f"error: {worst.name} needs {worst.peak_gib:.2f} GiB per device, more than --device-memory-gib "
-            f"{device_memory_gib:g}",
-            file=sys.stderr,
+def mem_fraction() -> float:
+    """The share of each GPU JAX preallocates for a run started from this environment."""
+    raw = os.environ.get(MEM_FRACTION_ENV)
+    if raw is None:
+        return JAX_DEFAULT_MEM_FRACTION
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{MEM_FRACTION_ENV}={raw!r}: not a number") from None
+    if not 0 < value <= 1:
+        raise ConfigError(f"{MEM_FRACTION_ENV}={raw!r}: must be in (0, 1]")
+    return value
+
+
+def run_plan(config: TrainConfig, *, stage: str, device_memory_gib: float | None, target: str | None = None) -> int:
+    """Print the plan; exit code 3 when the largest program exceeds the budget: what the
+    target card gives (with `target`), else `device_memory_gib` when given."""
+    if target is None:
+        devices = plan_devices(config.mesh.size)
+        plans = plan_run(config, stage=stage, devices=devices, processes=jax.process_count())
+        where = f"{len(devices)} {devices[0].platform} devices"
+        notes = [f"GFLOP/dev: XLA's cost analysis of each compiled program ({devices[0].platform})"]
+        limit, source = device_memory_gib, f"--device-memory-gib {device_memory_gib}"
+    else:
+        gpu = resolve_target(target, config.mesh.size)
+        devices = compile_only_devices(gpu)
+        plans = plan_run(config, stage=stage, devices=devices, processes=gpu.processes)
+        limit, how = gpu.budget_gib(mem_fraction())
+        where = (
+            f"{len(devices)} x {gpu.card} (XLA:GPU, compile-only; {gpu.processes} process(es) x "
+            f"{gpu.devices_per_process} GPU(s))"
         )
+        notes = [
+            f"xla_flags: {os.environ.get('XLA_FLAGS', '').strip() or '(none)'}",
+            f"budget: {limit:.2f} GiB per GPU = {how}",
+            "GFLOP/dev: XLA:CPU's count on each program's HLO before optimisation, whole mesh / devices",
+        ]
+        source = f"what one {gpu.card} gives ({limit:.2f} GiB)"
+    print(format_plan(config, plans, where, notes), flush=True)
+    worst = max(plans, key=lambda p: p.peak_gib)
+    if limit is not None and worst.peak_gib > limit:
+        print(f"error: {worst.name} needs {worst.peak_gib:.2f} GiB per device, more than {source}", file=sys.stderr)
         return EXIT_OVER_BUDGET
     return 0

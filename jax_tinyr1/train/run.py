@@ -24,14 +24,13 @@ from jax_tinyr1.data.loader import VideoQALoader
 from jax_tinyr1.data.policy import BadInputPolicy, DataError
 from jax_tinyr1.data.template import eos_id, pad_id
 from jax_tinyr1.data.tokenizer import load_tokenizer
-from jax_tinyr1.grpo.config import GRPOConfig
 from jax_tinyr1.grpo.trainer import GRPOTrainer
 from jax_tinyr1.model import save_pretrained
 from jax_tinyr1.model.sharding import make_mesh
-from jax_tinyr1.sft.objective import SFTConfig
 from jax_tinyr1.sft.trainer import SFTTrainer
 from jax_tinyr1.train.checkpointing import TrainCheckpointer
-from jax_tinyr1.train.config import ConfigError, TrainConfig, load_config, to_dict
+from jax_tinyr1.train.config import ConfigError, TrainConfig, grpo_config, load_config, sft_config, to_dict
+from jax_tinyr1.train.gpu_target import install_command, targets_help
 from jax_tinyr1.train.logging import MetricsLogger
 from jax_tinyr1.update import multihost
 from jax_tinyr1.update.trainer import Trainer
@@ -85,22 +84,6 @@ def effective_settings(config: TrainConfig, mesh) -> dict[str, Any]:
         "devices": f"{mesh.devices.size} of {jax.device_count()} {jax.default_backend()}",
         "processes": jax.process_count(),
     }
-
-
-def sft_config(config: TrainConfig, total_steps: int) -> SFTConfig:
-    """The SFT update's config: the sft section with the optimizer section it composes."""
-    return dataclasses.replace(config.sft, optimizer=dataclasses.replace(config.optimizer, total_steps=total_steps))
-
-
-def grpo_config(config: TrainConfig, total_steps: int, *, eos: int, pad: int) -> GRPOConfig:
-    """The GRPO update's config: the grpo section with the objective, sampling and optimizer
-    sections it composes."""
-    return dataclasses.replace(
-        config.grpo,
-        objective=config.objective,
-        sampling=dataclasses.replace(config.sampling, eos_id=eos, pad_id=pad),
-        optimizer=dataclasses.replace(config.optimizer, total_steps=total_steps),
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,6 +330,16 @@ def main(argv: list[str] | None, *, stage: str, description: str) -> int:
         "FLOPs (abstract shapes: no weights, no data); exit 3 when over --device-memory-gib",
     )
     parser.add_argument("--device-memory-gib", type=float, default=None, help="with --plan: the budget per device")
+    parser.add_argument(
+        "--target",
+        default=None,
+        metavar="NAME|FILE[:PxD]",
+        help="with --plan: compile every program with XLA:GPU for this card, on any machine (no GPU needed; the "
+        f"PJRT CUDA plugin: {install_command()}): {targets_help()}, or a GpuTargetConfigProto text file; "
+        ":PxD = P processes of D GPUs each (default 1 x the mesh; SLURM's one task per GPU is Nx1). "
+        "Exit 3 when a program's peak exceeds what the card gives: its memory x JAX's preallocation fraction "
+        "(XLA_PYTHON_CLIENT_MEM_FRACTION, default 0.75), less the CUDA context and NCCL buffers",
+    )
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. objective.beta=0")
     args = parser.parse_intermixed_args(argv)
     try:
@@ -354,10 +347,15 @@ def main(argv: list[str] | None, *, stage: str, description: str) -> int:
         if args.plan:
             from jax_tinyr1.train import plan
 
-            plan.request_plan_devices(config.mesh.size)
-            return plan.run_plan(config, stage=stage, device_memory_gib=args.device_memory_gib)
-        if args.device_memory_gib is not None:
-            raise ConfigError("--device-memory-gib applies to --plan only")
+            if args.target is not None and args.device_memory_gib is not None:
+                raise ConfigError("--device-memory-gib and --target: the target card's memory is the budget")
+            if args.target is None:
+                plan.request_plan_devices(config.mesh.size)
+            else:  # compile-only GPU devices live beside JAX's CPU platform; no GPU is touched
+                jax.config.update("jax_platforms", "cpu")
+            return plan.run_plan(config, stage=stage, device_memory_gib=args.device_memory_gib, target=args.target)
+        if args.device_memory_gib is not None or args.target is not None:
+            raise ConfigError("--device-memory-gib and --target apply to --plan only")
         final = train(config, stage=stage)
     except Preempted as e:
         print(e, file=sys.stderr)

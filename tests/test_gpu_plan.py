@@ -1,0 +1,150 @@
+"""`--plan --target`: every program of each shipped recipe compiled by XLA:GPU for the card it
+is meant for, on this CPU-only machine (compile-only CUDA devices of the PJRT plugin), at tiny
+shapes; the 8-GPU paper plan holds FSDP's collectives; over the card's budget, exit 3 naming
+the program."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jax_tinyr1.model import get_preset
+from jax_tinyr1.model.config_io import save_model_config
+from jax_tinyr1.platform import GPU_XLA_FLAGS
+from jax_tinyr1.train import gpu_target
+from jax_tinyr1.train.run import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.prompt_tokens=48"]
+GRPO_TINY = [*TINY, "sampling.max_new_tokens=8"]
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny_config_only")
+    save_model_config(path, get_preset("tinyllava-video-tiny"))
+    return path
+
+
+def _plan_lines(text: str) -> dict[str, list[float]]:
+    """program name -> its numbers, from the plan's table."""
+    lines = text.strip().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("program"))
+    rows = {}
+    for line in lines[start + 1 :]:
+        if line.startswith("step_"):
+            break
+        rows[line[:46].strip()] = [float(x) for x in line[46:].split()]
+    return rows
+
+
+def test_paper_recipe_compiles_for_8_a100_40gb_with_fsdp_collectives(tiny_checkpoint):
+    """The user's command, in its own process: every program of the paper's step compiled by
+    XLA:GPU for sm_80 (no GPU here), the update's FSDP all-gathers and reduce-scatters in the
+    compiled program, the budget and flags stated, the peak on the last line."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jax_tinyr1.train.grpo",
+            "--config",
+            "configs/paper_8xa100.yaml",
+            "--plan",
+            "--target",
+            "a100-40gb",
+            f"model.checkpoint={tiny_checkpoint}",
+            *GRPO_TINY,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "XLA_PYTHON_CLIENT_MEM_FRACTION"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "on 8 x NVIDIA A100-SXM4-40GB (XLA:GPU, compile-only; 1 process(es) x 8 GPU(s))" in text
+    assert f"xla_flags: {' '.join(GPU_XLA_FLAGS)}" in text.replace("--xla_force_host_platform_device_count=8 ", "")
+    # JAX's default preallocation (75 %) of the card's 39.42 GiB, less than the card minus 1 GiB.
+    assert "budget: 29.57 GiB per GPU = min(0.75 x 39.42 GiB" in text
+    rows = _plan_lines(text)
+    assert list(rows) == [
+        "vision encode",
+        "rollout (G=8, 8 new tokens)",
+        "reference log-probs (float32 weights)",
+        "update (micro-batches 1, log-prob chunk 128)",
+    ]
+    assert all(r[7] > 0 for r in rows.values())  # every program's matmul FLOPs
+    collectives = re.search(r"^collectives of update .*: (.*)$", text, re.M).group(1)
+    assert "all-gather" in collectives and "reduce-scatter" in collectives, collectives
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("per_device_peak_gib=") and 0 < float(last.split("=")[1]) < 0.1
+
+
+@pytest.mark.parametrize(
+    ("stage", "config", "target", "card", "devices"),
+    [
+        ("grpo", "single_80gb.yaml", "h100-80gb", "NVIDIA H100 80GB HBM3", 1),
+        ("grpo", "four_24gb.yaml", "l4-24gb", "NVIDIA L4", 4),
+    ],
+)
+def test_each_recipe_compiles_for_its_card(tiny_checkpoint, capsys, monkeypatch, stage, config, target, card, devices):
+    """Through the entry point's main, in this process (JAX is on its CPU platform here);
+    coldstart_paper's GPU plan is in test_memory_plan (through the bench)."""
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", ".95")  # as the recipes tell a user to export
+    shapes = [*TINY, "data.response_tokens=32"] if stage == "sft" else GRPO_TINY
+    code = main(
+        ["--config", f"configs/{config}", "--plan", "--target", target, f"model.checkpoint={tiny_checkpoint}", *shapes],
+        stage=stage,
+        description="",
+    )
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert f"on {devices} x {card} (XLA:GPU, compile-only" in text
+    assert "budget:" in text and "min(0.95 x" in text
+    names = list(_plan_lines(text))
+    assert names[0] == "vision encode" and names[-1].startswith("update")
+    assert ("rollout" in names[1]) == (stage == "grpo")
+
+
+def test_over_the_cards_memory_exits_3_naming_the_program(tiny_checkpoint, tmp_path, capsys):
+    """A description file as the target (here a card of 1 MB): the largest program is named."""
+    text = (gpu_target.TARGETS_DIR / "a100_sxm_40.txtpb").read_text()
+    small = re.sub(r"device_memory_size: \d+", "device_memory_size: 1048576", text)
+    card = tmp_path / "small_card.txtpb"
+    card.write_text(small)
+    args = ["--config", "configs/single_80gb.yaml", "--plan", f"model.checkpoint={tiny_checkpoint}", *GRPO_TINY]
+    code = main([*args, "--target", str(card)], stage="grpo", description="")
+    captured = capsys.readouterr()
+    assert code == 3, captured.out + captured.err
+    assert re.search(r"error: update \(micro-batches 8, log-prob chunk 128\) needs \d+\.\d+ GiB", captured.err)
+    assert "more than what one NVIDIA A100-SXM4-40GB gives" in captured.err
+
+
+def test_target_errors_name_what_is_wrong(tiny_checkpoint, capsys, monkeypatch):
+    args = ["--config", "configs/paper_8xa100.yaml", "--plan", f"model.checkpoint={tiny_checkpoint}", *GRPO_TINY]
+
+    def run(*extra):
+        code = main([*args, *extra], stage="grpo", description="")
+        return code, capsys.readouterr().err
+
+    code, err = run("--target", "b300")
+    assert code == 2 and "'b300'" in err and "a100-40gb" in err
+    code, err = run("--target", "a100-40gb:2x2")  # 4 GPUs for a mesh of 8
+    assert code == 2 and "2 x 2 devices, but the mesh has 8" in err
+    code, err = run("--target", "a100-40gb", "--device-memory-gib", "40")
+    assert code == 2 and "--device-memory-gib and --target" in err
+    # Without the plugin: exit 2 with the one command that installs it.
+    monkeypatch.setattr(gpu_target, "PLUGIN_MODULE", "jax_plugins.not_installed")
+    code, err = run("--target", "a100-40gb")
+    assert code == 2 and "pip install jax-cuda12-pjrt==0.10.2" in err
+
+
+def test_two_processes_of_8_plan_the_global_batch_of_both():
+    """`2x8`: the mesh spans 16 GPUs of two processes, each bringing its data.batch_size."""
+    target = gpu_target.resolve_target("h100-80gb:2x8", 16)
+    devices = gpu_target.compile_only_devices(target)
+    assert (target.processes, target.devices_per_process, len(devices)) == (2, 8, 16)
+    assert sorted({d.process_index for d in devices}) == [0, 1]
