@@ -25,6 +25,11 @@ class Family:
     def ignored_hf_keys(self, config) -> list[str]:
         return self.module.ignored_hf_keys(config)
 
+    def skipped_hf_prefixes(self, hf: dict) -> tuple[str, ...]:
+        """Tensors of the HF file that belong to another model than ours (SigLIP's text tower)."""
+        skipped = getattr(self.module, "skipped_hf_prefixes", None)
+        return tuple(skipped(hf)) if skipped else ()
+
     def config_from_hf(self, hf: dict, **overrides):
         return self.module.config_from_hf(hf, **overrides)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,9 +28,10 @@ from jax.sharding import SingleDeviceSharding
 
 from checkpoints_convert.families import get_family
 from checkpoints_convert.mapping import export_params, flatten
-from checkpoints_convert.original_layout import complete_combined_export, write_vision_extras
+from checkpoints_convert.original_layout import GENERATION_CONFIG, complete_combined_export, write_vision_extras
 from checkpoints_convert.safetensors_io import SINGLE_FILE, write_safetensors
-from jax_tinyr1.cli import exits_on_bad_input
+from jax_tinyr1.cli import CheckpointError, exits_on_bad_input
+from jax_tinyr1.data.tokenizer import checkpoint_tokenizer
 from jax_tinyr1.model.checkpoint import abstract_model, load_leaf
 from jax_tinyr1.model.config_io import load_model_config
 from jax_tinyr1.model.layers import DTYPES
@@ -68,7 +70,7 @@ def read_checkpoint(checkpoint: Path, model_type: str | None, prefix: str = ""):
     config, extra = load_model_config(checkpoint)
     found_type = type_of(config).name
     if model_type is not None and found_type != model_type:
-        raise ValueError(f"{checkpoint}: holds a {found_type!r} model, not --model-type {model_type!r}")
+        raise CheckpointError(f"{checkpoint}: holds a {found_type!r} model, not --model-type {model_type!r}")
     state = nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param))
     cpu = SingleDeviceSharding(jax.devices("cpu")[0])
     abstract = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=cpu), state)
@@ -97,9 +99,9 @@ def convert(
         raise FileNotFoundError(f"--tokenizer {tokenizer}: not a directory")
     source = type_of(load_model_config(checkpoint)[0])
     if model_type is not None and model_type != source.name:
-        raise ValueError(f"{checkpoint}: holds a {source.name!r} model, not --model-type {model_type!r}")
+        raise CheckpointError(f"{checkpoint}: holds a {source.name!r} model, not --model-type {model_type!r}")
     if component is not None and component not in source.components:
-        raise ValueError(
+        raise CheckpointError(
             f"--component {component!r}: a {source.name} checkpoint has {sorted(source.components) or 'none'}"
         )
     model_type, attribute = source.components[component] if component else (source.name, None)
@@ -115,10 +117,12 @@ def convert(
     rules = family.rules_with_prefix(config, family.entry.hf_prefixes[0])
     hf_config = family.config_to_hf(config, dtype, passthrough)
     if model_type == "tinyllava":
-        if tokenizer is None and (checkpoint / "tokenizer").is_dir():
-            tokenizer = checkpoint / "tokenizer"
+        if tokenizer is None and checkpoint_tokenizer(checkpoint).is_dir():
+            tokenizer = checkpoint_tokenizer(checkpoint)
         hf_config.update(complete_combined_export(out, full_config, dtype, passthrough, tokenizer))
     write_hf_dir(out, rules, params, hf_config, dtype)
+    if model_type in ("tinyllava", "qwen2") and (checkpoint / GENERATION_CONFIG).is_file():
+        shutil.copy2(checkpoint / GENERATION_CONFIG, out / GENERATION_CONFIG)  # as imported
     if model_type == "siglip":  # the image processor the original (and HF pipelines) build from the directory
         write_vision_extras(out, config.image_size)
 

@@ -24,42 +24,64 @@ import numpy as np
 from flax import nnx
 
 from checkpoints_convert.families import get_family
+from checkpoints_convert.hub import resolve_hf_dir
 from checkpoints_convert.mapping import flatten, import_leaves
+from checkpoints_convert.original_layout import GENERATION_CONFIG, write_tokenizer
 from checkpoints_convert.safetensors_io import SafetensorsReader
-from jax_tinyr1.cli import exits_on_bad_input
+from jax_tinyr1.cli import CheckpointError, exits_on_bad_input
+from jax_tinyr1.data.template import EOS_TOKEN, eos_id
+from jax_tinyr1.data.tokenizer import checkpoint_tokenizer, load_tokenizer
 from jax_tinyr1.model.checkpoint import abstract_model, save_params_leafwise
 from jax_tinyr1.model.config_io import save_model_config
-from jax_tinyr1.model.layers import DTYPES, STORAGE_DTYPES
+from jax_tinyr1.model.layers import STORAGE_DTYPES
 from jax_tinyr1.model.registry import type_from_hf, type_of
 
 
-def convert(model_type: str | None, hf_dir: Path, out: Path, *, overwrite: bool = False, **config_overrides):
-    """Returns our config. `model_type` None: the one config.json names; else a check.
-    Raises CheckpointError naming the key on any tensor mismatch."""
-    hf_dir, out = Path(hf_dir), Path(out)
+def convert(
+    model_type: str | None,
+    hf_dir: Path | str,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    param_dtype: str | None = None,
+    **config_overrides,
+):
+    """Returns our config. `hf_dir` is a directory or a hub id (`owner/name[@revision]`).
+    `model_type` None: the one config.json names; else a check. `param_dtype` None: the
+    dtype of the file's tensors (float32 or bfloat16), also the stored compute dtype, so an
+    import loses nothing and inference holds no wider copy. Raises CheckpointError naming the
+    key on any tensor mismatch."""
+    hf_dir, out = resolve_hf_dir(hf_dir), Path(out)
     config_path = hf_dir / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: not found")
-    hf_config = json.loads(config_path.read_text())
+    try:
+        hf_config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_path}: not valid JSON ({e})") from None
     found = type_from_hf(hf_config, config_path).name
     if model_type is not None and model_type != found:
-        raise ValueError(f"{config_path}: holds a {found!r} model, not --model-type {model_type!r}")
+        raise CheckpointError(f"{config_path}: holds a {found!r} model, not --model-type {model_type!r}")
     family = get_family(found)
-    config, passthrough = family.config_from_hf(hf_config, **config_overrides)
+    reader = SafetensorsReader(hf_dir)
+    # The dtype most tensors have: what an export writes by default, and what is stored.
+    counts = Counter(np.dtype(t.dtype).name for t in reader.tensors.values())
+    hf_dtype = counts.most_common(1)[0][0]
+    hf_dtype = hf_dtype if hf_dtype in STORAGE_DTYPES else "float32"
+    dtype = param_dtype or hf_dtype
+    config, passthrough = family.config_from_hf(hf_config, param_dtype=dtype, dtype=dtype, **config_overrides)
 
     abstract = flatten(nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param)))
-    reader = SafetensorsReader(hf_dir)
     prefix = family.detect_prefix(config, reader, hf_dir)
+    skipped = [k for k in reader if k.startswith(family.skipped_hf_prefixes(hf_config))]
     leaves = import_leaves(  # checks the whole file now; makes the leaves as they are saved
         reader,
         family.rules_with_prefix(config, prefix),
         abstract,
-        ignored_hf_keys=[prefix + k for k in family.ignored_hf_keys(config)],
+        ignored_hf_keys=[prefix + k for k in family.ignored_hf_keys(config)] + skipped,
     )
-    # The dtype most tensors had, so that an export defaults to the file's own precision.
-    counts = Counter(np.dtype(t.dtype).name for t in reader.tensors.values())
-    hf_dtype = counts.most_common(1)[0][0]
-    hf_dtype = hf_dtype if hf_dtype in DTYPES else "float32"
+    if skipped:
+        print(f"skipped {len(skipped)} tensors not of this model ({', '.join(family.skipped_hf_prefixes(hf_config))})")
 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: exists and is not empty (pass --overwrite)")
@@ -68,20 +90,35 @@ def convert(model_type: str | None, hf_dir: Path, out: Path, *, overwrite: bool 
     out.mkdir(parents=True)
     save_params_leafwise(out, leaves)
     save_model_config(out, config, hf_dtype=hf_dtype, hf_passthrough=passthrough)
+    keep_tokenizer_and_generation_config(found, hf_dir, out)
     return config
+
+
+def keep_tokenizer_and_generation_config(model_type: str, hf_dir: Path, out: Path) -> None:
+    """The source's tokenizer goes to OUT/tokenizer (every entry point's default) and its
+    generation config beside config.json (an export writes it back). A vision tower's
+    directory holds its text tower's tokenizer, not ours: none is kept for siglip."""
+    if (hf_dir / GENERATION_CONFIG).is_file():
+        shutil.copy2(hf_dir / GENERATION_CONFIG, out / GENERATION_CONFIG)
+    if model_type == "siglip" or not write_tokenizer(hf_dir, checkpoint_tokenizer(out)):
+        return
+    tokenizer = load_tokenizer(checkpoint_tokenizer(out))  # it must load, and hold the end token
+    print(f"tokenizer: {type(tokenizer).__name__}, {len(tokenizer)} tokens, {EOS_TOKEN} = {eos_id(tokenizer)}")
 
 
 @exits_on_bad_input
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-type", default=None, help="a check: must be the type HF_DIR/config.json names")
-    parser.add_argument("--hf-dir", required=True, type=Path)
+    parser.add_argument(
+        "--hf-dir", required=True, help="an HF directory, or a hub id owner/name[@revision] (downloaded to its cache)"
+    )
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument(
         "--param-dtype",
-        default="float32",
+        default=None,
         choices=STORAGE_DTYPES,
-        help="dtype of the stored (master) parameters",
+        help="dtype of the stored parameters (default: the file's; a training run casts to its model.param_dtype)",
     )
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)

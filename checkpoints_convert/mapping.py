@@ -77,7 +77,7 @@ def unflatten(flat: dict[str, object]) -> dict:
     return tree
 
 
-def _expected_hf(rules: list[Rule], shapes: dict[str, tuple[int, ...]]):
+def expected_hf_tensors(rules: list[Rule], shapes: dict[str, tuple[int, ...]]):
     """hf key -> (rule, layer index or None, expected HF shape)."""
     expected = {}
     covered = set()
@@ -112,7 +112,7 @@ def import_leaves(
     checked (names and shapes) here, before the returned iterator makes the first leaf.
     """
     shapes = {path: tuple(a.shape) for path, a in abstract.items()}
-    expected = _expected_hf(rules, shapes)
+    expected = expected_hf_tensors(rules, shapes)
     ignored = set(ignored_hf_keys)
     missing = sorted(k for k in expected if k not in reader)
     if missing:
@@ -163,7 +163,7 @@ def export_params(
     parameter's layers together), so that a lazy `params` mapping needs one leaf at a time.
     `shapes` spares reading `params` to learn them."""
     shapes = shapes or {path: tuple(np.shape(a)) for path, a in params.items()}
-    expected = _expected_hf(rules, shapes)
+    expected = expected_hf_tensors(rules, shapes)
     dtype = np.dtype(dtype)
     order = {path: i for i, path in enumerate(shapes)}
     grouped = sorted(expected.items(), key=lambda item: order[item[1][0].flax])  # stable: layers stay in order

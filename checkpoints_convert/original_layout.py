@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from checkpoints_convert import qwen2, siglip
+from checkpoints_convert.hub import hub_id
 from jax_tinyr1.data.preprocess import MEAN, STD
+from jax_tinyr1.data.tokenizer import CHECKPOINT_TOKENIZER
 from jax_tinyr1.model.tinyllava import TinyLlavaConfig
 
 ORIGINAL_RESAMPLER_HEADS = (8, 64)  # PerceiverAttention(dim_head=64, heads=8) in the original
 NAME_FIELDS = ("llm_model_name_or_path", "vision_model_name_or_path", "tokenizer_name_or_path")
-LLM_DIR, VISION_DIR, TOKENIZER_DIR = "qwen2-llm", "siglip-vision", "tokenizer"
+LLM_DIR, VISION_DIR = "qwen2-llm", "siglip-vision"
+GENERATION_CONFIG = "generation_config.json"
 # tokenizer_config.json classes that only transformers 5 knows, and what 4.x reads instead
 # (the same tokenizer.json, loaded whether or not the caller asks for a fast tokenizer).
 _V5_ONLY_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
@@ -52,9 +55,25 @@ def write_vision_extras(directory: Path, image_size: int) -> None:
     )
 
 
-def write_tokenizer(source: Path, out: Path) -> None:
-    """Copy a tokenizer directory so that transformers 4.x reads it as well as 5.x."""
-    shutil.copytree(source, out, dirs_exist_ok=True)
+# The files a Hugging Face tokenizer directory may hold (slow Qwen2 files, or tokenizer.json).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+
+
+def write_tokenizer(source: Path, out: Path) -> list[str]:
+    """Copy the tokenizer files of `source` (a tokenizer directory, or a model directory that
+    holds them) so that transformers 4.x reads them as well as 5.x; returns the files copied."""
+    copied = [name for name in TOKENIZER_FILES if (Path(source) / name).is_file()]
+    out.mkdir(parents=True, exist_ok=True)
+    for name in copied:
+        shutil.copy2(Path(source) / name, out / name)
     config_path = out / "tokenizer_config.json"
     if config_path.is_file():
         config = json.loads(config_path.read_text())
@@ -63,6 +82,7 @@ def write_tokenizer(source: Path, out: Path) -> None:
         )
         config.pop("backend", None)  # a 5.x field; 4.x would pass it to the tokenizer's __init__
         config_path.write_text(json.dumps(config, indent=2) + "\n")
+    return copied
 
 
 def complete_combined_export(
@@ -78,7 +98,10 @@ def complete_combined_export(
             "load this export (transformers and this project can)",
             file=sys.stderr,
         )
-    names = {k: passthrough[k] for k in NAME_FIELDS if passthrough.get(k)}
+    # An imported name is kept when it still names something (a directory here, a hub id);
+    # the authors' training paths (/mnt/data/...) are replaced by directories written here.
+    names = {k: passthrough[k] for k in NAME_FIELDS if passthrough.get(k) and _loadable(passthrough[k])}
+    replaced = sorted(k for k in NAME_FIELDS if passthrough.get(k) and k not in names)
     if "llm_model_name_or_path" not in names:
         llm = out / LLM_DIR
         llm.mkdir(parents=True, exist_ok=True)
@@ -94,11 +117,17 @@ def complete_combined_export(
         names["vision_model_name_or_path"] = str(vision)
     if "tokenizer_name_or_path" not in names:
         if tokenizer is not None:
-            write_tokenizer(Path(tokenizer), out / TOKENIZER_DIR)
-            names["tokenizer_name_or_path"] = str(out / TOKENIZER_DIR)
-        elif "llm_model_name_or_path" not in passthrough:  # the original would look in qwen2-llm/
+            write_tokenizer(Path(tokenizer), out / CHECKPOINT_TOKENIZER)
+            names["tokenizer_name_or_path"] = str(out / CHECKPOINT_TOKENIZER)
+        else:
             raise FileNotFoundError(
                 "the export needs a tokenizer for the original code (tokenizer_name_or_path): pass --tokenizer DIR "
                 "or keep one in CHECKPOINT/tokenizer"
             )
+    for key in replaced:
+        print(f"{key}: {passthrough[key]!r} names nothing here; the export uses {names[key]}", file=sys.stderr)
     return names
+
+
+def _loadable(name: str) -> bool:
+    return Path(name).is_dir() or hub_id(name) is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from checkpoints_convert.mapping import IDENTITY, LINEAR, Rule
+from jax_tinyr1.cli import CheckpointError
 from jax_tinyr1.model.qwen2 import Qwen2Config
 
 _LAYER = "model.layers.{i}."
@@ -42,15 +43,34 @@ def ignored_hf_keys(config: Qwen2Config) -> list[str]:
 PASSTHROUGH_HF_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
+# transformers' Qwen2Config defaults: what a config.json saved with only the keys that differ
+# from them (the published TinyLLaVA checkpoints' text_config) leaves out.
+HF_DEFAULTS = dict(
+    vocab_size=151936,
+    hidden_size=4096,
+    intermediate_size=22016,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    hidden_act="silu",
+    max_position_embeddings=32768,
+    rms_norm_eps=1e-6,
+    rope_theta=10000.0,
+    tie_word_embeddings=False,
+    use_sliding_window=False,
+)
+
+
 def config_from_hf(hf: dict[str, Any], **overrides) -> tuple[Qwen2Config, dict[str, Any]]:
     """(our config, pass-through HF fields) from an HF Qwen2 config.json dict."""
-    if hf.get("use_sliding_window"):
-        raise ValueError("config.json: use_sliding_window=true is not supported")
-    if hf.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"config.json: hidden_act {hf['hidden_act']!r} is not supported (silu only)")
+    given = hf
+    hf = {**HF_DEFAULTS, **hf}
+    if hf["use_sliding_window"]:
+        raise CheckpointError("config.json: use_sliding_window=true is not supported")
+    if hf["hidden_act"] != "silu":
+        raise CheckpointError(f"config.json: hidden_act {hf['hidden_act']!r} is not supported (silu only)")
     rope = hf.get("rope_parameters") or {}
     if rope.get("rope_type", "default") != "default" or hf.get("rope_scaling"):
-        raise ValueError("config.json: only the default RoPE (no scaling) is supported")
+        raise CheckpointError("config.json: only the default RoPE (no scaling) is supported")
     try:
         heads = hf["num_attention_heads"]
         config = Qwen2Config(
@@ -61,15 +81,15 @@ def config_from_hf(hf: dict[str, Any], **overrides) -> tuple[Qwen2Config, dict[s
             num_heads=heads,
             num_kv_heads=hf.get("num_key_value_heads") or heads,
             head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-            rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            max_position_embeddings=hf.get("max_position_embeddings", 32768),
+            rope_theta=float(rope.get("rope_theta", hf["rope_theta"])),
+            rms_norm_eps=float(hf["rms_norm_eps"]),
+            tie_word_embeddings=bool(hf["tie_word_embeddings"]),
+            max_position_embeddings=hf["max_position_embeddings"],
             **overrides,
         )
-    except KeyError as e:
-        raise ValueError(f"config.json: missing key {e.args[0]!r}") from None
-    passthrough = {k: hf[k] for k in PASSTHROUGH_HF_FIELDS if hf.get(k) is not None}
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise CheckpointError(f"config.json: {e}") from None
+    passthrough = {k: given[k] for k in PASSTHROUGH_HF_FIELDS if given.get(k) is not None}
     return config, passthrough
 
 

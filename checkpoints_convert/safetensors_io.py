@@ -17,6 +17,8 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from jax_tinyr1.cli import CheckpointError
+
 SAFETENSORS_DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype(np.float64),
     "F32": np.dtype(np.float32),
@@ -32,10 +34,6 @@ SAFETENSORS_DTYPES: dict[str, np.dtype] = {
 DTYPE_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not match what the model expects (names the key)."""
 
 
 @dataclass(frozen=True)

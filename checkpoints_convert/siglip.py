@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from checkpoints_convert.mapping import CONV2D, IDENTITY, LINEAR, Rule
+from jax_tinyr1.cli import CheckpointError
 from jax_tinyr1.model.siglip import SiglipConfig
 
 _LAYER = "encoder.layers.{i}."
@@ -56,11 +57,34 @@ def ignored_hf_keys(config: SiglipConfig) -> list[str]:
     return []
 
 
+def skipped_hf_prefixes(hf: dict[str, Any]) -> tuple[str, ...]:
+    """A full SiglipModel (the hub's google/siglip-*) also holds its text tower and the
+    contrastive scale and bias: none of them is the vision tower."""
+    return ("text_model.", "logit_scale", "logit_bias") if "vision_config" in hf else ()
+
+
+# transformers' SiglipVisionConfig defaults: what a config.json saved with only the keys that
+# differ from them (the published TinyLLaVA checkpoints' vision_config) leaves out.
+HF_DEFAULTS = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_channels=3,
+    image_size=224,
+    patch_size=16,
+    hidden_act="gelu_pytorch_tanh",
+    layer_norm_eps=1e-6,
+    vision_use_head=True,
+)
+
+
 def config_from_hf(hf: dict[str, Any], **overrides) -> tuple[SiglipConfig, dict[str, Any]]:
-    if hf.get("hidden_act", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
-        raise ValueError(f"config.json: hidden_act {hf['hidden_act']!r} is not supported (gelu_pytorch_tanh)")
     if "vision_config" in hf:  # a full SiglipModel config: take its vision part
         hf = hf["vision_config"]
+    hf = {**HF_DEFAULTS, **hf}
+    if hf["hidden_act"] != "gelu_pytorch_tanh":
+        raise CheckpointError(f"config.json: hidden_act {hf['hidden_act']!r} is not supported (gelu_pytorch_tanh)")
     try:
         config = SiglipConfig(
             hidden_size=hf["hidden_size"],
@@ -69,13 +93,13 @@ def config_from_hf(hf: dict[str, Any], **overrides) -> tuple[SiglipConfig, dict[
             num_heads=hf["num_attention_heads"],
             image_size=hf["image_size"],
             patch_size=hf["patch_size"],
-            num_channels=hf.get("num_channels", 3),
-            layer_norm_eps=float(hf.get("layer_norm_eps", 1e-6)),
-            use_head=bool(hf.get("vision_use_head", True)),
+            num_channels=hf["num_channels"],
+            layer_norm_eps=float(hf["layer_norm_eps"]),
+            use_head=bool(hf["vision_use_head"]),
             **overrides,
         )
-    except KeyError as e:
-        raise ValueError(f"config.json: missing key {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"config.json: {e}") from None
     return config, {}
 
 

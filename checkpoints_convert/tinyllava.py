@@ -6,6 +6,7 @@ from typing import Any
 
 from checkpoints_convert import qwen2, siglip
 from checkpoints_convert.mapping import LINEAR, Rule, prefixed
+from jax_tinyr1.cli import CheckpointError
 from jax_tinyr1.data.template import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from jax_tinyr1.model.connector import ConnectorConfig
 from jax_tinyr1.model.tinyllava import TinyLlavaConfig
@@ -73,13 +74,13 @@ _GENERATED = (
 
 def config_from_hf(hf: dict[str, Any], **overrides) -> tuple[TinyLlavaConfig, dict[str, Any]]:
     if hf.get("connector_type", "groupresampler") != "groupresampler":
-        raise ValueError(f"config.json: connector_type {hf['connector_type']!r} is not supported (groupresampler)")
+        raise CheckpointError(f"config.json: connector_type {hf['connector_type']!r} is not supported (groupresampler)")
     strategy = hf.get("vision_feature_select_strategy", "patch")
     if strategy not in ("patch", "cls_patch"):
-        raise ValueError(f"config.json: vision_feature_select_strategy {strategy!r} is not supported")
+        raise CheckpointError(f"config.json: vision_feature_select_strategy {strategy!r} is not supported")
     for key in ("text_config", "vision_config"):
         if not isinstance(hf.get(key), dict):
-            raise ValueError(f"config.json: missing key {key!r} (a dict)")
+            raise CheckpointError(f"config.json: missing key {key!r} (a dict)")
     llm, text_passthrough = qwen2.config_from_hf(hf["text_config"], **overrides)
     vision, _ = siglip.config_from_hf(
         hf["vision_config"],
@@ -100,15 +101,21 @@ def config_from_hf(hf: dict[str, Any], **overrides) -> tuple[TinyLlavaConfig, di
             **overrides,
         )
     except KeyError as e:
-        raise ValueError(f"config.json: missing key {e.args[0]!r}") from None
-    config = TinyLlavaConfig(
-        llm=llm,
-        vision=vision,
-        connector=connector,
-        num_frames=hf.get("num_frames", 16),
-        image_token_index=hf.get("image_token_index", IMAGE_TOKEN_INDEX),
-    )
-    passthrough = {k: v for k, v in hf.items() if k not in _GENERATED}
+        raise CheckpointError(f"config.json: missing key {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"config.json: {e}") from None
+    try:
+        config = TinyLlavaConfig(
+            llm=llm,
+            vision=vision,
+            connector=connector,
+            num_frames=hf.get("num_frames", 16),  # the published configs have none: the paper's 16
+            image_token_index=hf.get("image_token_index", IMAGE_TOKEN_INDEX),
+        )
+    except ValueError as e:
+        raise CheckpointError(f"config.json: {e}") from None
+    # `_name_or_path` is where the file was last loaded from (transformers sets it at load).
+    passthrough = {k: v for k, v in hf.items() if k not in (*_GENERATED, "_name_or_path")}
     passthrough["text_passthrough"] = text_passthrough
     return config, passthrough
 

@@ -23,15 +23,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_tinyr1.cli import exits_on_bad_input
+from checkpoints_convert.hub import converted_checkpoint
+from jax_tinyr1.cli import ConfigError, exits_on_bad_input
 from jax_tinyr1.data.answers import answer_content, parse_option_letter
 from jax_tinyr1.data.preprocess import preprocess_frames
 from jax_tinyr1.data.template import eos_id, eval_question, grpo_question, pad_id, prompt_ids
-from jax_tinyr1.data.tokenizer import load_tokenizer
+from jax_tinyr1.data.tokenizer import checkpoint_tokenizer, load_tokenizer
 from jax_tinyr1.data.video import read_frame_folder, read_frames
 from jax_tinyr1.generate.sampler import generate
 from jax_tinyr1.generate.sampling import SamplingConfig
-from jax_tinyr1.model import load_pretrained
+from jax_tinyr1.model.config_io import load_model_config
+from jax_tinyr1.model.layers import DTYPES
+from jax_tinyr1.model.spec import load_for_inference
 
 
 class _Printer:
@@ -69,11 +72,15 @@ def ask(
     seed,
     stream: bool,
     prompt: str = "eval",
+    dtype: str | None = None,
 ) -> dict:
+    """Everything that can be checked (the wording, the tokenizer and its end token, the
+    prompt, the video) is, before the model is read; the model is read in its compute dtype."""
     if prompt not in PROMPTS:
-        raise ValueError(f"prompt must be one of {sorted(PROMPTS)}, got {prompt!r}")
-    model, config = load_pretrained(checkpoint)
-    tokenizer = load_tokenizer(tokenizer_dir or checkpoint / "tokenizer")
+        raise ConfigError(f"prompt must be one of {sorted(PROMPTS)}, got {prompt!r}")
+    config, _ = load_model_config(checkpoint)
+    tokenizer = load_tokenizer(tokenizer_dir or checkpoint_tokenizer(checkpoint))
+    eos = eos_id(tokenizer)
     block = "\n".join([question, *options]) if options else question
     question_text = PROMPTS[prompt](block)
     ids = np.asarray([prompt_ids(tokenizer, question_text)], np.int32)
@@ -83,6 +90,8 @@ def ask(
     frames = read(video, config.num_frames)
     pixels = jnp.asarray(preprocess_frames(frames, config.vision.image_size))[None]
     decode_s = time.perf_counter() - start
+    del frames
+    model, config = load_for_inference(checkpoint, dtype)
 
     graphdef, state = nnx.split(model)
     start = time.perf_counter()
@@ -90,7 +99,6 @@ def ask(
     visual.block_until_ready()
     encode_s = time.perf_counter() - start
 
-    eos = eos_id(tokenizer)
     sampling = SamplingConfig(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -130,14 +138,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy; else sampled with top-k 50")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tokenizer", type=Path, default=None)
+    parser.add_argument("--tokenizer", type=Path, default=None, help="default: CHECKPOINT/tokenizer")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default=None, help="compute (and weight) dtype; default: the checkpoint's"
+    )
     parser.add_argument(
         "--prompt", choices=tuple(PROMPTS), default="eval", help="the evaluation's wording or GRPO training's"
     )
     args = parser.parse_args(argv)
     stream = sys.stdout.isatty()
     if args.max_new_tokens < 1 or args.temperature < 0:
-        raise ValueError("--max-new-tokens must be >= 1 and --temperature >= 0")
+        raise ConfigError("--max-new-tokens must be >= 1 and --temperature >= 0")
+    args.checkpoint = converted_checkpoint(str(args.checkpoint))  # a hub id: converted once, then cached
     if not args.video.exists():
         raise FileNotFoundError(f"--video {args.video}: no such file or folder")
     result = ask(
@@ -151,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         stream=stream,
         prompt=args.prompt,
+        dtype=args.dtype,
     )
     print("" if stream else result["completion"])
     print(f"answer: {result['answer']}")

@@ -1,6 +1,8 @@
 """What every command does with bad input (a missing or malformed file, a bad value): one line
-on stderr naming it and exit code 2, never a traceback. Bad input raises ValueError (DataError,
-ConfigError, CheckpointError, VideoDecodeError are ones) or OSError (a missing path)."""
+on stderr naming it and exit code 2. Bad input is what the project's own error classes
+(`BadInput` and its subclasses: ConfigError, DataError, VideoDecodeError, CheckpointError,
+PlanTargetError) and a missing path (FileNotFoundError and its kin) say; anything else is a
+bug, in our code or a library's, and keeps its traceback."""
 
 from __future__ import annotations
 
@@ -10,6 +12,22 @@ import sys
 EXIT_BAD_INPUT = 2
 
 
+class BadInput(ValueError):
+    """Input a user can correct: the message names the file, line, key or flag."""
+
+
+class ConfigError(BadInput):
+    """A bad configuration value or command-line flag; the message names the key."""
+
+
+class CheckpointError(BadInput):
+    """A checkpoint that does not match what the model expects (names the file or key)."""
+
+
+# Paths the user gave that are missing, or of the wrong kind, or already there.
+PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError)
+
+
 def exits_on_bad_input(main):
     """Wrap a command's `main(argv) -> exit code`."""
 
@@ -17,7 +35,7 @@ def exits_on_bad_input(main):
     def wrapped(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except (ValueError, OSError) as e:
+        except (BadInput, *PATH_ERRORS) as e:
             print(f"error: {one_line(e)}", file=sys.stderr)
             return EXIT_BAD_INPUT
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import logging
 import os
 import sys
 
@@ -50,7 +51,13 @@ def keep_cuda_plugin_quiet(environ=os.environ) -> None:
     """With the CUDA plugin installed (to plan for GPUs) and no GPU here, JAX would print the
     plugin's failed initialisation, a traceback, at every start: use the CPU platform unless
     the user chose platforms."""
-    if environ.get("JAX_PLATFORMS") or has_nvidia_gpu() or importlib.util.find_spec(CUDA_PLUGIN) is None:
+    if has_nvidia_gpu() or importlib.util.find_spec(CUDA_PLUGIN) is None:
+        return
+    # JAX imports every installed plugin at start: without a GPU the CUDA one logs that it
+    # found no driver (XLA's C++ log, the plugin's Python log), which says nothing here.
+    environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    logging.getLogger(CUDA_PLUGIN).setLevel(logging.ERROR)
+    if environ.get("JAX_PLATFORMS"):
         return
     environ["JAX_PLATFORMS"] = "cpu"
     if "jax" in sys.modules:  # imported before us: its config has read the environment already

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jax_tinyr1.cli import exits_on_bad_input
+from jax_tinyr1.cli import ConfigError, exits_on_bad_input
 from jax_tinyr1.train.plot import plot_runs
 
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=None, help="moving-average steps (default: a tenth)")
     args = parser.parse_args(argv)
     if args.window is not None and args.window < 1:
-        raise ValueError("--window must be >= 1")
+        raise ConfigError("--window must be >= 1")
     paths = plot_runs(args.run_dirs, args.out, args.window)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

@@ -20,6 +20,7 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 
+from checkpoints_convert import qwen2, siglip
 from checkpoints_convert.families import get_family
 from checkpoints_convert.safetensors_io import INDEX_FILE, TensorToWrite, write_safetensors
 from jax_tinyr1.model.tinyllava import TinyLlavaConfig
@@ -55,31 +56,6 @@ AUTHORS_PATHS = {  # what the authors' training scripts pass (most likely what t
     "vision": "/mnt/data/zxj/checkpoints/siglip-so400m-patch14-384",
     "model": "/mnt/data/zxj/checkpoints/TinyLLaVA-Video-Coldstart_NextQA_16",
 }
-# transformers' Qwen2Config and SiglipVisionConfig defaults (what a diff-only config leaves out)
-QWEN2_DEFAULTS = dict(
-    vocab_size=151936,
-    hidden_size=4096,
-    intermediate_size=22016,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=32,
-    hidden_act="silu",
-    max_position_embeddings=32768,
-    rms_norm_eps=1e-6,
-    rope_theta=10000.0,
-    tie_word_embeddings=False,
-)
-SIGLIP_DEFAULTS = dict(
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    num_channels=3,
-    image_size=224,
-    patch_size=16,
-    hidden_act="gelu_pytorch_tanh",
-    layer_norm_eps=1e-6,
-)
 
 
 def _diff(values: dict, defaults: dict) -> dict:
@@ -102,7 +78,7 @@ def published_config(config: TinyLlavaConfig, eos_id: int) -> dict:
             rope_theta=llm.rope_theta,
             tie_word_embeddings=llm.tie_word_embeddings,
         ),
-        QWEN2_DEFAULTS,
+        qwen2.HF_DEFAULTS,
     )
     text = {
         "_name_or_path": AUTHORS_PATHS["llm"],
@@ -125,7 +101,7 @@ def published_config(config: TinyLlavaConfig, eos_id: int) -> dict:
             patch_size=vision.patch_size,
             layer_norm_eps=vision.layer_norm_eps,
         ),
-        SIGLIP_DEFAULTS,
+        siglip.HF_DEFAULTS,
     )
     vision_config = {"_name_or_path": AUTHORS_PATHS["vision"], "model_type": "siglip_vision_model", **vision_config}
     published = {
@@ -183,7 +159,7 @@ def write_shards(out: Path, tensors: list[TensorToWrite], shards: int = 2) -> No
     for i, group in enumerate(groups):
         name = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
         write_safetensors(out / name, group)
-        weight_map.update({t.name: name for t in group})
+        weight_map.update({t.key: name for t in group})
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
 
@@ -194,11 +170,11 @@ def original_tensors(config: TinyLlavaConfig, value: Callable[[str, tuple], np.n
     family = get_family("tinyllava")
     from flax import nnx
 
-    from checkpoints_convert.mapping import _expected_hf, flatten
+    from checkpoints_convert.mapping import expected_hf_tensors, flatten
     from jax_tinyr1.model import abstract_model
 
     shapes = {p: tuple(a.shape) for p, a in flatten(nnx.to_pure_dict(nnx.state(abstract_model(config)))).items()}
-    expected = _expected_hf(family.rules(config), shapes)
+    expected = expected_hf_tensors(family.rules(config), shapes)
     bf16 = np.dtype(ml_dtypes.bfloat16)
     return [
         TensorToWrite(name, shape, bf16, lambda name=name, shape=shape: value(name, shape).astype(bf16))

@@ -9,11 +9,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jax_tinyr1.cli import BadInput, ConfigError
+
 log = logging.getLogger("jax_tinyr1.data")
 POLICIES = ("error", "skip")
 
 
-class DataError(ValueError):
+class DataError(BadInput):
     """A malformed annotation or an unusable sample; the message names file and line/index."""
 
 
@@ -25,7 +27,7 @@ class BadInputPolicy:
 
     def __post_init__(self):
         if self.mode not in POLICIES:
-            raise ValueError(f"bad-input policy must be one of {POLICIES}, got {self.mode!r}")
+            raise ConfigError(f"bad-input policy must be one of {POLICIES}, got {self.mode!r}")
 
     def bad(self, kind: str, message: str) -> None:
         """Raise (error) or record (skip) one bad item."""

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jax_tinyr1.cli import exits_on_bad_input
+from jax_tinyr1.cli import ConfigError, exits_on_bad_input
 from jax_tinyr1.data.answers import LETTERS, option_lines
 from jax_tinyr1.data.template import grpo_question
 
@@ -239,7 +239,7 @@ def generate(
     answered with the plain description (a base model that can put what it sees in words)."""
     unknown = sorted(set(kinds) - set(KINDS + EXTRA_KINDS))
     if unknown or not kinds:
-        raise ValueError(f"kinds: {unknown or 'none given'}; known: {list(KINDS + EXTRA_KINDS)}")
+        raise ConfigError(f"kinds: {unknown or 'none given'}; known: {list(KINDS + EXTRA_KINDS)}")
     out = Path(out)
     rng = np.random.default_rng(seed)
     rows, cold = [], []

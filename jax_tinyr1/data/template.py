@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jax_tinyr1.data.policy import DataError
+
 IMAGE_TOKEN = "<image>"
 IMAGE_TOKEN_INDEX = -200  # the placeholder id the model replaces with the visual tokens
 IGNORE_INDEX = -100  # a label that is not supervised
@@ -69,7 +71,7 @@ class Example:
 def prompt_ids(tokenizer, question: str) -> list[int]:
     ids = tokenize_with_image(tokenizer, render_prompt(question))
     if ids.count(IMAGE_TOKEN_INDEX) != 1:
-        raise ValueError(f"a prompt must hold exactly one {IMAGE_TOKEN}, got {ids.count(IMAGE_TOKEN_INDEX)}")
+        raise DataError(f"a prompt must hold exactly one {IMAGE_TOKEN}, got {ids.count(IMAGE_TOKEN_INDEX)}")
     return ids
 
 
@@ -82,10 +84,12 @@ def sft_example(tokenizer, question: str, answer: str) -> Example:
 
 
 def eos_id(tokenizer) -> int:
-    """The id that ends a response (and stops sampling)."""
+    """The id that ends a response (and stops sampling). A token missing from a vocabulary
+    converts to the unknown token's id, or to None without one; the published tokenizers
+    name <|endoftext|> itself their unknown token, so the test is whether the id is the token."""
     token = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
-    if token is None or token == tokenizer.unk_token_id:
-        raise ValueError(f"the tokenizer has no {EOS_TOKEN} token")
+    if token is None or tokenizer.convert_ids_to_tokens(int(token)) != EOS_TOKEN:
+        raise DataError(f"the tokenizer has no {EOS_TOKEN} token ({type(tokenizer).__name__}, {len(tokenizer)} tokens)")
     return int(token)
 
 

@@ -43,6 +43,13 @@ def build_tokenizer(corpus: Iterable[str], out_dir: Path, vocab_size: int = 512)
     return load_tokenizer(out_dir)
 
 
+CHECKPOINT_TOKENIZER = "tokenizer"  # a model directory's own tokenizer: every entry point's default
+
+
+def checkpoint_tokenizer(checkpoint) -> Path:
+    return Path(checkpoint) / CHECKPOINT_TOKENIZER
+
+
 def load_tokenizer(directory: Path):
     """A tokenizer from a local directory only (never a hub download, never remote code)."""
     directory = Path(directory)

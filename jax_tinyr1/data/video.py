@@ -28,7 +28,7 @@ class VideoDecodeError(DataError):
 
 def frame_indices(total_frames: int, num_frames: int) -> np.ndarray:
     if total_frames <= 0:
-        raise ValueError(f"a video needs at least one frame, got {total_frames}")
+        raise VideoDecodeError(f"a video needs at least one frame, got {total_frames}")
     return np.linspace(0, total_frames - 1, num_frames, dtype=int)
 
 

@@ -24,18 +24,20 @@ from pathlib import Path
 
 import jax
 
-from jax_tinyr1.cli import exits_on_bad_input
+from checkpoints_convert.hub import converted_checkpoint
+from jax_tinyr1.cli import ConfigError, exits_on_bad_input
 from jax_tinyr1.data.formats import Record
 from jax_tinyr1.data.loader import LoaderConfig
 from jax_tinyr1.data.policy import POLICIES, BadInputPolicy, DataError
 from jax_tinyr1.data.preprocess import preprocess_frames
 from jax_tinyr1.data.template import eos_id, pad_id, prompt_ids
-from jax_tinyr1.data.tokenizer import load_tokenizer
+from jax_tinyr1.data.tokenizer import checkpoint_tokenizer, load_tokenizer
 from jax_tinyr1.eval.benchmarks import BENCHMARKS, Item, load_benchmark
 from jax_tinyr1.eval.scoring import PROTOCOLS, format_table, score
 from jax_tinyr1.generate.answer import Answerer
 from jax_tinyr1.generate.sampling import SamplingConfig
-from jax_tinyr1.model import load_pretrained
+from jax_tinyr1.model.layers import DTYPES
+from jax_tinyr1.model.spec import load_for_inference
 
 EXIT_INCOMPLETE = 4
 SHOWN_MISSING = 5  # files named in the message
@@ -118,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--benchmark", choices=BENCHMARKS, required=True)
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--tokenizer", type=Path, default=None)
+    parser.add_argument("--tokenizer", type=Path, default=None, help="default: CHECKPOINT/tokenizer")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default=None, help="compute (and weight) dtype; default: the checkpoint's"
+    )
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="original")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=1024)
@@ -131,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.max_new_tokens < 1:
-        raise ValueError("--batch-size and --max-new-tokens must be >= 1")
+        raise ConfigError("--batch-size and --max-new-tokens must be >= 1")
+    args.checkpoint = converted_checkpoint(str(args.checkpoint))  # a hub id: converted once, then cached
     policy = BadInputPolicy(args.bad_input)
     bench = load_benchmark(args.benchmark, args.data, policy)
     missing = {i for i, item in enumerate(bench.items) if not item.video.exists()}
@@ -144,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INCOMPLETE
-    model, config = load_pretrained(args.checkpoint)
-    tokenizer = load_tokenizer(args.tokenizer or args.checkpoint / "tokenizer")
+    tokenizer = load_tokenizer(args.tokenizer or checkpoint_tokenizer(args.checkpoint))
     protocol = PROTOCOLS[args.protocol]
     sampling = SamplingConfig(
         max_new_tokens=args.max_new_tokens,
@@ -154,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         eos_id=eos_id(tokenizer),
         pad_id=pad_id(tokenizer),
     )
+    for item in bench.items:  # every prompt is well formed before the model is read
+        prompt_ids(tokenizer, bench.question(item.record))
+    model, config = load_for_inference(args.checkpoint, args.dtype)
     present = [i for i in range(len(bench.items)) if i not in missing]
     outputs, undecodable, throughput = evaluate(
         model,

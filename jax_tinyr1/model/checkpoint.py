@@ -22,6 +22,7 @@ import orbax.checkpoint.experimental.v1 as ocp_v1
 from flax import nnx
 from jax.sharding import Mesh, SingleDeviceSharding
 
+from jax_tinyr1.cli import CheckpointError
 from jax_tinyr1.model.config_io import load_model_config, save_model_config
 from jax_tinyr1.model.registry import type_of
 from jax_tinyr1.model.sharding import state_shardings
@@ -96,7 +97,7 @@ def load_leaves(directory: Path, abstract_params: dict, leaf_paths: list[tuple[s
         loaded = ocp_v1.load(path, request)
     except ValueError as e:
         names = ", ".join("/".join(p) for p in leaf_paths)
-        raise ValueError(f"{path}: cannot read parameter(s) {names} ({e})") from None
+        raise CheckpointError(f"{path}: cannot read parameter(s) {names} ({e})") from None
     return [_get(loaded, leaf_path) for leaf_path in leaf_paths]
 
 
@@ -152,7 +153,9 @@ def load_pretrained(checkpoint_dir, *, mesh: Mesh | None = None, config=None, **
     stored, _ = load_model_config(checkpoint_dir)
     config = stored if config is None else config
     if type(config) is not type(stored):
-        raise ValueError(f"{checkpoint_dir}: holds a {type_of(stored).name} model, not a {type_of(config).name} one")
+        raise CheckpointError(
+            f"{checkpoint_dir}: holds a {type_of(stored).name} model, not a {type_of(config).name} one"
+        )
     if config_overrides:
         config = dataclasses.replace(config, **config_overrides)
     model = abstract_model(config)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from jax_tinyr1.cli import CheckpointError
 from jax_tinyr1.model.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from jax_tinyr1.model.siglip import SiglipConfig, SiglipVisionModel
 from jax_tinyr1.model.tinyllava import TinyLlavaConfig, TinyLlavaVideo
@@ -56,7 +57,7 @@ MODEL_TYPES: dict[str, ModelType] = {
 
 def model_type(name: str) -> ModelType:
     if name not in MODEL_TYPES:
-        raise ValueError(f"unknown model type {name!r}; known: {sorted(MODEL_TYPES)}")
+        raise CheckpointError(f"unknown model type {name!r}; known: {sorted(MODEL_TYPES)}")
     return MODEL_TYPES[name]
 
 
@@ -65,7 +66,7 @@ def type_of(config: Any) -> ModelType:
     for entry in MODEL_TYPES.values():
         if type(config) is entry.config_class:
             return entry
-    raise ValueError(f"{type(config).__name__} is the config of no registered model type")
+    raise CheckpointError(f"{type(config).__name__} is the config of no registered model type")
 
 
 def type_from_hf(hf_config: dict[str, Any], where) -> ModelType:
@@ -75,4 +76,4 @@ def type_from_hf(hf_config: dict[str, Any], where) -> ModelType:
         if found in entry.hf_model_types:
             return entry
     known = sorted(t for e in MODEL_TYPES.values() for t in e.hf_model_types)
-    raise ValueError(f"{where}: model_type {found!r} is not one of {known}")
+    raise CheckpointError(f"{where}: model_type {found!r} is not one of {known}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from jax_tinyr1.cli import ConfigError
 from jax_tinyr1.model.checkpoint import build_model, load_pretrained
 from jax_tinyr1.model.config_io import CONFIG_FILE, load_model_config
 from jax_tinyr1.model.presets import get_preset
@@ -37,15 +38,15 @@ class ModelSpec:
 
     def __post_init__(self):
         if self.preset and self.checkpoint:
-            raise ValueError("model.preset and model.checkpoint exclude each other: give one")
+            raise ConfigError("model.preset and model.checkpoint exclude each other: give one")
         for name in ("dtype", "param_dtype"):
             require_dtype(f"model.{name}", getattr(self, name))
         if self.remat_policy is not None and not self.remat:
-            raise ValueError("model.remat_policy: model.remat is false, so no layer is rematerialised")
+            raise ConfigError("model.remat_policy: model.remat is false, so no layer is rematerialised")
         if self.remat_policy is not None and self.remat_policy not in REMAT_POLICIES:
-            raise ValueError(f"model.remat_policy: one of {sorted(REMAT_POLICIES)}, got {self.remat_policy!r}")
+            raise ConfigError(f"model.remat_policy: one of {sorted(REMAT_POLICIES)}, got {self.remat_policy!r}")
         if self.scan_unroll < 1:
-            raise ValueError(f"model.scan_unroll: must be >= 1, got {self.scan_unroll}")
+            raise ConfigError(f"model.scan_unroll: must be >= 1, got {self.scan_unroll}")
 
     def source_config(self) -> TinyLlavaConfig:
         """The shapes: the checkpoint's config.json (no weights read) or the preset."""
@@ -55,7 +56,7 @@ class ModelSpec:
                 raise FileNotFoundError(f"model.checkpoint: {path / CONFIG_FILE} not found")
             config, _ = load_model_config(path)
             if not isinstance(config, TinyLlavaConfig):
-                raise ValueError(
+                raise ConfigError(
                     f"model.checkpoint: {path} holds a {type_of(config).name!r} model, not a TinyLLaVA-Video"
                 )
             return config
@@ -63,9 +64,9 @@ class ModelSpec:
         try:
             config = get_preset(preset)
         except KeyError as e:
-            raise ValueError(f"model.preset: {e.args[0]}") from None
+            raise ConfigError(f"model.preset: {e.args[0]}") from None
         if not isinstance(config, TinyLlavaConfig):
-            raise ValueError(f"model.preset: {preset!r} is not a TinyLLaVA-Video preset")
+            raise ConfigError(f"model.preset: {preset!r} is not a TinyLLaVA-Video preset")
         return config
 
     def apply(self, config: TinyLlavaConfig) -> TinyLlavaConfig:
@@ -98,6 +99,12 @@ class ModelSpec:
             return model, config
         return build_model(config, seed=seed), config
 
+    @classmethod
+    def for_inference(cls, dtype: str) -> ModelSpec:
+        """Numerics of a model that only answers: parameters held in the compute dtype (no
+        float32 master copies when nothing is trained)."""
+        return cls(dtype=dtype, param_dtype=dtype)
+
     def settings(self) -> dict[str, object]:
         """What the run computes with (printed at start, stored with the run)."""
         return {
@@ -107,3 +114,14 @@ class ModelSpec:
             "remat": self.effective_remat_policy if self.remat else False,
             "scan_unroll": self.scan_unroll,
         }
+
+
+def load_for_inference(checkpoint, dtype: str | None = None, *, mesh=None):
+    """(model, config) of a checkpoint to answer with: its weights read straight into the
+    compute dtype (`dtype`, default the checkpoint's own), a few parameters at a time."""
+    stored, _ = load_model_config(checkpoint)
+    if dtype is not None:
+        require_dtype("--dtype", dtype)
+    numerics = ModelSpec.for_inference(dtype or stored.llm.dtype)
+    config = numerics.apply(stored) if isinstance(stored, TinyLlavaConfig) else stored
+    return load_pretrained(checkpoint, mesh=mesh, config=config)

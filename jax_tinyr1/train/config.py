@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from jax_tinyr1.cli import ConfigError
 from jax_tinyr1.data.loader import LoaderConfig
 from jax_tinyr1.derived import DERIVED
 from jax_tinyr1.generate.sampling import SamplingConfig
@@ -39,10 +40,6 @@ from jax_tinyr1.model.spec import ModelSpec
 from jax_tinyr1.rewards import RewardConfig
 from jax_tinyr1.sft.objective import SFTConfig
 from jax_tinyr1.update.optimizer import OptimizerConfig
-
-
-class ConfigError(ValueError):
-    """A bad configuration; the message names the key."""
 
 
 @dataclasses.dataclass(frozen=True)

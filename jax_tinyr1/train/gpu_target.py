@@ -21,6 +21,8 @@ from pathlib import Path
 
 import jax
 
+from jax_tinyr1.cli import BadInput
+
 TARGETS_DIR = Path(__file__).parent / "gpu_targets"
 # name -> (description file, what it is)
 TARGETS: dict[str, tuple[str, str]] = {
@@ -40,7 +42,7 @@ JAX_DEFAULT_MEM_FRACTION = 0.75
 GIB = 1024**3
 
 
-class PlanTargetError(ValueError):
+class PlanTargetError(BadInput):
     """A target that cannot be planned for (unknown name, unreadable file, missing plugin)."""
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from jax_tinyr1.data.policy import DataError
+
 SHOWN = ("reward", "rewards/accuracy/mean", "completions/mean_length", "kl", "nll")
 
 
@@ -79,5 +81,5 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
             record = json.loads(line)
             by_step[int(record["step"])] = record
         except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}:{number}: not a metrics record ({type(e).__name__}: {e})") from None
+            raise DataError(f"{path}:{number}: not a metrics record ({type(e).__name__}: {e})") from None
     return [by_step[s] for s in sorted(by_step)]

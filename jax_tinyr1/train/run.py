@@ -18,14 +18,16 @@ from typing import Any
 
 import jax
 
+from checkpoints_convert.hub import converted_checkpoint, hub_id
 from jax_tinyr1.cli import exits_on_bad_input
 from jax_tinyr1.data.formats import read_cold_start_json, read_grpo_jsonl
 from jax_tinyr1.data.loader import VideoQALoader
 from jax_tinyr1.data.policy import BadInputPolicy, DataError
 from jax_tinyr1.data.template import eos_id, pad_id
-from jax_tinyr1.data.tokenizer import load_tokenizer
+from jax_tinyr1.data.tokenizer import checkpoint_tokenizer, load_tokenizer
 from jax_tinyr1.grpo.trainer import GRPOTrainer
 from jax_tinyr1.model import save_pretrained
+from jax_tinyr1.model.config_io import load_model_config
 from jax_tinyr1.model.sharding import make_mesh
 from jax_tinyr1.sft.trainer import SFTTrainer
 from jax_tinyr1.train.checkpointing import TrainCheckpointer
@@ -189,6 +191,21 @@ def resume(checkpointer: TrainCheckpointer, trainer: Trainer, loader: VideoQALoa
     return 0, 0
 
 
+def run_tokenizer(config: TrainConfig) -> Path | None:
+    """run.tokenizer, else the tokenizer that travels with model.checkpoint."""
+    if config.run.tokenizer:
+        return Path(config.run.tokenizer)
+    return checkpoint_tokenizer(config.model.checkpoint) if config.model.checkpoint else None
+
+
+def with_hub_checkpoint(config: TrainConfig, *, weights: bool) -> TrainConfig:
+    """model.checkpoint given as a hub id: converted once into our cache, then used from there."""
+    if not config.model.checkpoint or hub_id(config.model.checkpoint) is None:
+        return config
+    local = converted_checkpoint(config.model.checkpoint, weights=weights)
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, checkpoint=str(local)))
+
+
 def train(config: TrainConfig, *, stage: str) -> Path:
     """Run (or resume) training of `stage` ("sft" or "grpo"); returns the final model's directory."""
     spec = STAGES[stage]
@@ -199,8 +216,12 @@ def train(config: TrainConfig, *, stage: str) -> Path:
     annotations = root / config.data.train
     if not annotations.is_file():
         raise ConfigError(f"data.train: {annotations} not found")
-    if not config.run.tokenizer or not Path(config.run.tokenizer).is_dir():
-        raise ConfigError(f"run.tokenizer: {config.run.tokenizer!r} is not a tokenizer directory")
+    tokenizer_dir = run_tokenizer(config)
+    if tokenizer_dir is None or not tokenizer_dir.is_dir():
+        raise ConfigError(
+            f"run.tokenizer: {str(tokenizer_dir or '')!r} is not a tokenizer directory (default: model.checkpoint/"
+            "tokenizer, which hf_to_flax writes)"
+        )
     maybe_initialize_distributed()
     mesh = run_mesh(config)
     settings = effective_settings(config, mesh)
@@ -210,7 +231,7 @@ def train(config: TrainConfig, *, stage: str) -> Path:
         (out / "run_config.json").write_text(
             json.dumps({"stage": stage, "config": to_dict(config), "effective": settings}, indent=2)
         )
-    tokenizer = load_tokenizer(config.run.tokenizer)
+    tokenizer = load_tokenizer(tokenizer_dir)
     model, model_config = config.model.build(seed=config.run.seed)
     policy = BadInputPolicy(config.data.bad_input)
     records = spec.read_records(annotations, policy)
@@ -302,11 +323,14 @@ def save_final(trainer: Trainer, out: Path, config: TrainConfig, tokenizer) -> P
     if jax.process_index() == 0 and final.exists():
         shutil.rmtree(final)
     multihost.barrier("final-cleared")
-    # Every process takes part in the (orbax) parameter save; the first writes the rest.
-    save_pretrained(final, trainer.model())
+    # Every process takes part in the (orbax) parameter save; the first writes the rest. What
+    # the source checkpoint's config.json kept of its HF origin (the file dtype, the fields an
+    # export restores) stays with the trained model.
+    source = {} if not config.model.checkpoint else load_model_config(config.model.checkpoint)[1]
+    save_pretrained(final, trainer.model(), **source)
     if jax.process_index() != 0:
         return final
-    tokenizer.save_pretrained(final / "tokenizer")
+    tokenizer.save_pretrained(checkpoint_tokenizer(final))
     from jax_tinyr1.train.plot import plot_run
 
     plot_run(out)
@@ -343,7 +367,7 @@ def main(argv: list[str] | None, *, stage: str, description: str) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. objective.beta=0")
     args = parser.parse_intermixed_args(argv)
     try:
-        config = load_config(args.config, args.overrides, stage=stage)
+        config = with_hub_checkpoint(load_config(args.config, args.overrides, stage=stage), weights=not args.plan)
         if args.plan:
             from jax_tinyr1.train import plan
 

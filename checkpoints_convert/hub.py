@@ -1,0 +1,89 @@
+"""Hub ids (`Zhang199/TinyLLaVA-Video-R1[@revision]`) as sources of a conversion.
+
+`huggingface_hub.snapshot_download` brings the files a conversion reads (configs, safetensors
+weights, tokenizer files; never a pickle) into its cache and returns the snapshot directory;
+with `HF_HUB_OFFLINE=1` it only looks in the cache. A local directory always wins over a hub
+id of the same spelling.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from jax_tinyr1.cli import CheckpointError
+
+HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
+# What a conversion reads: no *.bin / *.pt / *.pth (pickles), no other formats.
+HUB_FILES = ["*.json", "*.safetensors", "merges.txt", "vocab.json", "chat_template.jinja"]
+
+
+def hub_id(spec: str | Path) -> tuple[str, str | None] | None:
+    """(repository, revision) when `spec` names a hub repository and no local path."""
+    text = str(spec)
+    if Path(text).exists() or text.startswith((".", "/", "~")):
+        return None
+    found = HUB_ID.match(text)
+    return (found.group("repo"), found.group("revision")) if found else None
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def download(repo: str, revision: str | None = None, files: list[str] = HUB_FILES) -> Path:
+    """The local snapshot of `repo` (downloaded unless cached; from the cache only when
+    offline), with the files a conversion needs."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    where = f"{repo}@{revision}" if revision else repo
+    try:
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=files, local_files_only=offline()))
+    except LocalEntryNotFoundError:
+        cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        raise CheckpointError(
+            f"{where}: not in the hub cache ({cache}) and HF_HUB_OFFLINE is set; download it first "
+            f"(huggingface-cli download {repo}) or unset HF_HUB_OFFLINE"
+        ) from None
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise CheckpointError(f"{where}: {type(e).__name__} on the hub") from None
+
+
+def resolve_hf_dir(spec: str | Path) -> Path:
+    """A local directory as it is; a hub id as its downloaded snapshot."""
+    found = hub_id(spec)
+    return Path(spec) if found is None else download(*found)
+
+
+def converted_cache() -> Path:
+    return Path(os.environ.get("JAX_TINYR1_CACHE", "~/.cache/jax_tinyr1")).expanduser() / "converted"
+
+
+def converted_checkpoint(spec: str, *, weights: bool = True) -> Path:
+    """`model.checkpoint` as a hub id: the snapshot converted once into our cache
+    (JAX_TINYR1_CACHE, default ~/.cache/jax_tinyr1) and reused; `weights=False` converts the
+    config alone (what `--plan` reads). A local path is returned as it is."""
+    found = hub_id(spec)
+    if found is None:
+        return Path(spec)
+    from checkpoints_convert import hf_to_flax
+    from checkpoints_convert.families import get_family
+    from jax_tinyr1.model.config_io import CONFIG_FILE, save_model_config
+    from jax_tinyr1.model.registry import type_from_hf
+
+    snapshot = download(*found, files=HUB_FILES if weights else ["config.json"])
+    out = converted_cache() / f"{found[0].replace('/', '--')}@{snapshot.name}{'' if weights else '-config'}"
+    if (out / CONFIG_FILE).is_file():
+        return out
+    if weights:
+        hf_to_flax.convert(None, snapshot, out, overwrite=True)
+    else:
+        import json
+
+        hf = json.loads((snapshot / "config.json").read_text())
+        config, passthrough = get_family(type_from_hf(hf, snapshot / "config.json").name).config_from_hf(hf)
+        out.mkdir(parents=True, exist_ok=True)
+        save_model_config(out, config, hf_passthrough=passthrough)
+    return out
