@@ -36,7 +36,7 @@ from timing import median_time  # bench/timing.py (bench/ is on sys.path when ru
 from jax_tinyr1.generate.sampler import make_sampler
 from jax_tinyr1.generate.sampling import SamplingConfig
 from jax_tinyr1.grpo.config import GRPOConfig
-from jax_tinyr1.grpo.loss import OBJECTIVE_PRESETS
+from jax_tinyr1.grpo.loss import ObjectiveConfig
 from jax_tinyr1.grpo.update import Batch, make_grpo_update
 from jax_tinyr1.model import KVCache, build_model, get_preset
 from jax_tinyr1.update.optimizer import OptimizerConfig, make_optimizer
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     # -- one GRPO update: 1 prompt x G rows, f32 master weights + AdamW, remat ----------------------
     model = build_model(config, seed=0)
     grpo = GRPOConfig(
-        objective=OBJECTIVE_PRESETS["paper"], sampling=sampling, optimizer=OptimizerConfig(), group_size=args.group
+        objective=ObjectiveConfig(), sampling=sampling, optimizer=OptimizerConfig(), group_size=args.group
     )
     graphdef, trainable, frozen = split_params(model, grpo.trainable)
     del model

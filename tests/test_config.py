@@ -15,7 +15,7 @@ from run_data import synthetic_run_root
 
 from jax_tinyr1.model import build_model, get_preset, save_pretrained
 from jax_tinyr1.model.config_io import save_model_config
-from jax_tinyr1.train.config import ConfigError, TrainConfig, load_config, settable_fields
+from jax_tinyr1.train.config import ConfigError, TrainConfig, load_config, settable_fields, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -35,7 +35,7 @@ def tiny(tmp_path_factory):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_shipped_config_loads(path):
-    stage = "sft" if "coldstart" in path.name else "grpo"
+    stage = "sft" if path.name.startswith("coldstart") else "grpo"
     config = load_config(path, stage=stage)
     assert isinstance(config, TrainConfig)
 
@@ -239,3 +239,71 @@ def test_bad_run_settings_exit_2_naming_the_key_or_path(tiny, tmp_path, capsys):
     assert code == 2 and "exceeds data.prompt_tokens=24" in err and "train.jsonl" in err
     code, err = run(*data, f"run.output_dir={tmp_path / 'skip'}", "data.prompt_tokens=24", "data.bad_input=skip")
     assert code == 2 and "no usable sample among 64 replacements" in err and "annotation=" in err
+
+
+def test_a_config_with_a_base_is_the_base_merged_under_it(tmp_path):
+    """`base:` (relative to the file, chains allowed): exactly the dataclasses of the merged
+    sections; cycles, a missing base and unknown keys are refused naming the file."""
+    (tmp_path / "a.yaml").write_text("objective:\n  beta: 0.0\n  epsilon_high: 0.28\nrun:\n  epochs: 2\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nobjective:\n  beta: 0.04\nsampling:\n  top_k: 5\n")
+    (tmp_path / "c.yaml").write_text("base: sub/b.yaml\nrun:\n  seed: 3\n")
+    merged = load_config(tmp_path / "c.yaml")
+    assert merged.objective == dataclasses.replace(load_config(None).objective, beta=0.04, epsilon_high=0.28)
+    assert (merged.sampling.top_k, merged.run.epochs, merged.run.seed) == (5, 2, 3)
+    assert merged == load_config(
+        None, ["objective.beta=0.04", "objective.epsilon_high=0.28", "run.epochs=2", "sampling.top_k=5", "run.seed=3"]
+    )
+    (tmp_path / "loop1.yaml").write_text("base: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("base: loop1.yaml\n")
+    with pytest.raises(
+        ConfigError, match=r"loop1.yaml: the base chain is a cycle \(loop1.yaml -> loop2.yaml -> loop1.yaml\)"
+    ):
+        load_config(tmp_path / "loop1.yaml")
+    (tmp_path / "typo.yaml").write_text("base: a.yaml\nobjective:\n  betta: 0.1\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml: unknown key\(s\) \['objective.betta'\]"):
+        load_config(tmp_path / "typo.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"orphan.yaml: base .nowhere.yaml.: no such file"):
+        load_config(tmp_path / "orphan.yaml")
+
+
+ABLATIONS = {  # file: what differs from the paper run (sections 4.3.1-4.3.3)
+    "ablation_no_coldstart.yaml": {"model.checkpoint": "checkpoints/tinyllava-video"},
+    "ablation_reward_no_length.yaml": {"reward.rule": "format_plus_accuracy"},
+    "ablation_reward_no_penalty.yaml": {"reward.rule": "format_with_length_plus_accuracy"},
+    "ablation_no_kl.yaml": {"objective.beta": 0.0},
+    "ablation_dr_grpo.yaml": {
+        "objective.beta": 0.0,
+        "objective.aggregation": "dr_grpo",
+        "objective.advantage_scale": "none",
+    },
+}
+
+
+def test_every_ablation_is_the_paper_run_but_for_what_it_ablates(tmp_path, capsys):
+    """Each ablation file differs from the paper run in what it ablates only. The objective
+    ablations change the step's programs and are planned here (tiny shapes, 2 CPU devices);
+    the reward and cold-start ones change the host-side reward or where the weights come
+    from, not a program: their plan is the paper's (test_plan_of_the_paper_config_...)."""
+    from jax_tinyr1.train.run import main
+
+    paper = to_dict(load_config("configs/paper_8xa100.yaml"))
+    save_model_config(tmp_path, get_preset("tinyllava-video-tiny"))
+    for name, differs in ABLATIONS.items():
+        ablation = to_dict(load_config(f"configs/{name}"))
+        changed = {
+            f"{section}.{key}": value
+            for section, values in ablation.items()
+            for key, value in values.items()
+            if paper[section][key] != value and (section, key) != ("run", "output_dir")
+        }
+        assert changed == differs, name
+        assert ablation["run"]["output_dir"] == f"runs/{name.removesuffix('.yaml')}"
+        if not any(key.startswith("objective.") for key in differs):
+            continue
+        args = ["--config", f"configs/{name}", "--plan", f"model.checkpoint={tmp_path}", *TINY_PLAN]
+        code = main(args, stage="grpo", description="")
+        out = capsys.readouterr().out
+        assert code == 0 and out.strip().splitlines()[-1].startswith("per_device_peak_gib="), (name, out)
+        assert "reference log-probs" not in out, name  # beta = 0: no reference program

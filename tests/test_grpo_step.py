@@ -11,7 +11,7 @@ from jax.sharding import PartitionSpec as P
 from jax_tinyr1.data.template import IMAGE_TOKEN_INDEX
 from jax_tinyr1.generate.sampling import SamplingConfig
 from jax_tinyr1.grpo.config import GRPOConfig
-from jax_tinyr1.grpo.loss import OBJECTIVE_PRESETS
+from jax_tinyr1.grpo.loss import ObjectiveConfig
 from jax_tinyr1.grpo.trainer import GRPOTrainer
 from jax_tinyr1.grpo.update import Batch
 from jax_tinyr1.model import build_model, get_preset
@@ -19,7 +19,7 @@ from jax_tinyr1.model.sharding import make_mesh
 from jax_tinyr1.update.optimizer import OptimizerConfig
 
 CONFIG = GRPOConfig(
-    objective=OBJECTIVE_PRESETS["paper"],
+    objective=ObjectiveConfig(),
     sampling=SamplingConfig(max_new_tokens=5, eos_id=1, pad_id=1),
     optimizer=OptimizerConfig(learning_rate=1e-3, warmup_ratio=0.0, total_steps=10),
     group_size=4,
@@ -109,7 +109,7 @@ def test_gradient_accumulation_equals_one_big_batch():
 
 
 def test_vision_tower_is_frozen_and_reference_skipped_without_kl():
-    trainer = GRPOTrainer(_model(), dataclasses.replace(CONFIG, objective=OBJECTIVE_PRESETS["no_kl"]))
+    trainer = GRPOTrainer(_model(), dataclasses.replace(CONFIG, objective=ObjectiveConfig(beta=0.0)))
     assert trainer.reference is None
     vision_before = _flat(trainer.frozen)
     batch = _batch_without_ref(trainer)

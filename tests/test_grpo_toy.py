@@ -15,7 +15,7 @@ from jax_tinyr1.data.template import grpo_question, prompt_ids
 from jax_tinyr1.data.tokenizer import build_tokenizer
 from jax_tinyr1.generate.sampling import SamplingConfig
 from jax_tinyr1.grpo.config import GRPOConfig
-from jax_tinyr1.grpo.loss import OBJECTIVE_PRESETS
+from jax_tinyr1.grpo.loss import ObjectiveConfig
 from jax_tinyr1.grpo.trainer import GRPOTrainer
 from jax_tinyr1.grpo.update import Batch
 from jax_tinyr1.model import build_model, get_preset
@@ -34,7 +34,7 @@ def test_grpo_raises_the_reward_on_a_toy_task(tmp_path):
     ids = prompt_ids(tokenizer, grpo_question(QUESTION))
     eos = tokenizer.eos_token_id
     config = GRPOConfig(
-        objective=dataclasses.replace(OBJECTIVE_PRESETS["paper"], beta=0.0),
+        objective=dataclasses.replace(ObjectiveConfig(), beta=0.0),
         sampling=SamplingConfig(max_new_tokens=20, temperature=1.0, top_k=0, eos_id=eos, pad_id=eos),
         optimizer=OptimizerConfig(learning_rate=1e-3, warmup_ratio=0.0, total_steps=1000),
         group_size=8,
@@ -88,7 +88,7 @@ def test_mu_two_uses_real_old_policy_log_probs(tmp_path):
     ids = prompt_ids(tokenizer, grpo_question(QUESTION))
     eos = tokenizer.eos_token_id
     config = GRPOConfig(
-        objective=OBJECTIVE_PRESETS["paper"],
+        objective=ObjectiveConfig(),
         sampling=SamplingConfig(max_new_tokens=8, temperature=1.0, top_k=0, eos_id=eos, pad_id=eos),
         optimizer=OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.0, total_steps=10),
         group_size=4,

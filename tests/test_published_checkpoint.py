@@ -33,8 +33,8 @@ from checkpoints_convert import flax_to_hf, hf_to_flax
 from jax_tinyr1.data.template import eos_id, grpo_question, pad_id, prompt_ids
 from jax_tinyr1.data.tokenizer import load_tokenizer
 from jax_tinyr1.model import get_preset, load_pretrained
-from jax_tinyr1.model.spec import load_for_inference
 from jax_tinyr1.model.config_io import load_model_config
+from jax_tinyr1.model.spec import load_for_inference
 from jax_tinyr1.train.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]

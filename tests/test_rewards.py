@@ -153,7 +153,12 @@ def test_batch_api_and_registry():
     with pytest.raises(ValueError, match="unknown reward"):
         RewardConfig(extra={"nope": 1.0})
     with pytest.raises(ValueError, match="already registered"):
+        register_reward("mentions_red")(lambda t, y: 0.0)
+    # The built-in terms cannot be shadowed (a second, default-max_len `format` in the log and the total).
+    with pytest.raises(ValueError, match="built-in term"):
         register_reward("format")(lambda t, y: 0.0)
+    with pytest.raises(ValueError, match="built-in terms"):
+        RewardConfig(extra={"accuracy": 1.0})
     with pytest.raises(ValueError, match="labels"):
         batch_rewards(["a"], [])
 
@@ -243,3 +248,22 @@ def test_original_code_accuracy_equals_the_published_rule_on_a_fuzzed_corpus():
     # The corpus reaches both outcomes and the multi-line case.
     assert 0.05 < sum(ours) / len(ours) < 0.95, sum(ours) / len(ours)
     assert original_code_accuracy("<answer>\nA\n</answer>", "A") == 0.0  # no DOTALL: the whole text
+
+
+def test_the_figure_5_rules_by_hand():
+    """r0 = r1 = 0.5, r2 = 1, ML = 10 characters; think contents of 5 and 20 characters."""
+    short_right = "<think>abcde</think><answer>A</answer>"  # LR = 0.5 * 5/10 = 0.25
+    long_wrong = "<think>" + "x" * 20 + "</think><answer>B</answer>"  # LR = 0.5 (capped)
+    broken_right = "<think>abcde</think> A"
+    cases = {  # rule: (short right, long wrong, broken right)
+        "format_plus_accuracy": (0.5 + 1.0, 0.5 + 0.0, 0.0),
+        "format_with_length_plus_accuracy": (0.75 + 1.0, 1.0 + 0.0, 0.0),
+        "paper": (0.75 + 1.0, -1.0, -2.0),
+    }
+    for rule, expected in cases.items():
+        got = tuple(total_reward(t, "A", rule=rule, max_len=10) for t in (short_right, long_wrong, broken_right))
+        assert got == pytest.approx(expected), rule
+        logged = batch_rewards([short_right, long_wrong], ["A", "A"], RewardConfig(rule=rule, max_len=10))
+        # the logged terms are the ones the total is made of
+        assert logged["format"] == pytest.approx([expected[0] - 1.0, expected[1]] if rule != "paper" else [0.75, 1.0])
+        assert logged["accuracy"] == pytest.approx([1.0, 0.0])

@@ -119,10 +119,3 @@ class ObjectiveConfig:
         for name in ("beta", "epsilon_low", "epsilon_high", "noise_std"):
             if getattr(self, name) < 0:
                 raise ValueError(f"objective.{name} must be >= 0, got {getattr(self, name)}")
-
-
-OBJECTIVE_PRESETS = {
-    "paper": ObjectiveConfig(),
-    "no_kl": ObjectiveConfig(beta=0.0),
-    "dr_grpo": ObjectiveConfig(beta=0.0, aggregation="dr_grpo", advantage_scale="none"),
-}

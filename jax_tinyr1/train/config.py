@@ -194,21 +194,72 @@ def _check_stage(values: dict[str, Any], config: TrainConfig, stage: str) -> Non
             raise ConfigError("data.response_tokens: the length of SFT responses; GRPO samples its completions")
 
 
+BASE_KEY = "base"  # a config file's parent: a path relative to the file; the file holds what differs
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{path}: not valid YAML ({where}{getattr(e, 'problem', None) or e})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections")
+    return values
+
+
+def _unknown_keys(values: dict[str, Any], cls, prefix: str = "") -> list[str]:
+    """Keys of `values` that no field of `cls` (or of its section dataclasses) takes."""
+    hints = typing.get_type_hints(cls)
+    unknown = []
+    for key, value in values.items():
+        if key not in hints:
+            unknown.append(prefix + key)
+        elif dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            unknown += _unknown_keys(value, hints[key], f"{prefix}{key}.")
+    return unknown
+
+
+def merge_sections(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """`child` over `base`, section by section (a section's keys merge; any other value, a
+    list included, replaces the base's)."""
+    merged = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_sections(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's values with its `base:` chain merged under it (MaxText's base_config).
+    A cycle, a missing base and a key no section takes are refused, naming the file."""
+    path = Path(path).absolute()
+    if path in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain, path))
+        raise ConfigError(f"{path}: the base chain is a cycle ({cycle})")
+    values = _read_yaml(path)
+    unknown = _unknown_keys({k: v for k, v in values.items() if k != BASE_KEY}, TrainConfig)
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown}")
+    base = values.pop(BASE_KEY, None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base must name a config file, got {base!r}")
+    parent = path.parent / base
+    if not parent.is_file():
+        raise ConfigError(f"{path}: base {base!r}: no such file {parent}")
+    return merge_sections(read_config_file(parent, (*_chain, path)), values)
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (), *, stage: str = "grpo") -> TrainConfig:
-    """The run config of `stage` ("grpo" or "sft") from a YAML file and overrides."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"--config {path}: no such file")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-            raise ConfigError(f"{path}: not valid YAML ({where}{getattr(e, 'problem', None) or e})") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections")
+    """The run config of `stage` ("grpo" or "sft") from a YAML file (and its bases) and overrides."""
+    values = {} if path is None else read_config_file(path)
     values = apply_overrides(values, list(overrides))
     config = from_dict(TrainConfig, values)
     _check_stage(values, config, stage)
