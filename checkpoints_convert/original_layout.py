@@ -71,6 +71,8 @@ def write_tokenizer(source: Path, out: Path) -> list[str]:
     """Copy the tokenizer files of `source` (a tokenizer directory, or a model directory that
     holds them) so that transformers 4.x reads them as well as 5.x; returns the files copied."""
     copied = [name for name in TOKENIZER_FILES if (Path(source) / name).is_file()]
+    if not copied:
+        return copied
     out.mkdir(parents=True, exist_ok=True)
     for name in copied:
         shutil.copy2(Path(source) / name, out / name)

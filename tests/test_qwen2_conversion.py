@@ -99,10 +99,13 @@ def test_bad_config_values_are_named(tmp_path):
     (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "num_key_value_heads": 3}))
     with pytest.raises(ValueError, match="num_kv_heads"):
         hf_to_flax.convert("qwen2", tmp_path / "hf", tmp_path / "fx")
-    del config["hidden_size"]
-    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="hidden_size"):
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "hidden_size": 0}))
+    with pytest.raises(CheckpointError, match="hidden_size"):
         hf_to_flax.convert("qwen2", tmp_path / "hf", tmp_path / "fx")
+    # A key left out is transformers' default (the published configs keep only what differs).
+    del config["hidden_act"], config["rms_norm_eps"]
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
+    assert hf_to_flax.convert("qwen2", tmp_path / "hf", tmp_path / "fx").rms_norm_eps == 1e-6
 
 
 def test_model_type_mismatch_and_unknown_type(tmp_path):
