@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_config_files_load_and_name_bad_keys(tmp_path):
     paper = load_config(ROOT / "configs" / "paper_8xa100.yaml")
     assert (paper.grpo.group_size, paper.optimizer.learning_rate, paper.mesh.fsdp) == (8, 1e-6, 8)
-    assert (paper.objective.beta, paper.sampling.max_new_tokens, paper.data.prompt_tokens) == (0.01, 512, 640)
+    assert (paper.objective.beta, paper.sampling.max_new_tokens, paper.data.prompt_tokens) == (0.01, 512, 672)
     no_kl = load_config(ROOT / "configs" / "ablation_no_kl.yaml").objective
     assert (no_kl.beta, no_kl.aggregation) == (0.0, "grpo")
     dr = load_config(ROOT / "configs" / "ablation_dr_grpo.yaml").objective

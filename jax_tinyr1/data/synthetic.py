@@ -313,6 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.n < 0 or args.cold_start < 0:
         parser.error("--n and --cold-start must be >= 0")
+    import av  # PyAV writes the clips (the `video` extra)
+
+    try:
+        av.codec.Codec(args.codec, "w")
+    except av.codec.codec.UnknownCodecError:
+        raise ConfigError(f"--codec {args.codec!r}: PyAV has no such encoder") from None
     paths = generate(
         args.out, args.n, args.seed, cold_start=args.cold_start, frames=args.frames, size=args.size, codec=args.codec
     )
