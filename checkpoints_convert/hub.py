@@ -44,11 +44,13 @@ def download(repo: str, revision: str | None = None, files: list[str] = HUB_FILE
     except LocalEntryNotFoundError:
         cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
         raise CheckpointError(
-            f"{where}: not in the hub cache ({cache}) and HF_HUB_OFFLINE is set; download it first "
+            f"{where}: not in the hub cache ({cache}) and HF_HUB_OFFLINE is set (nor a local directory); download it "
             f"(huggingface-cli download {repo}) or unset HF_HUB_OFFLINE"
         ) from None
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
-        raise CheckpointError(f"{where}: {type(e).__name__} on the hub") from None
+        raise CheckpointError(
+            f"{where}: no such local directory, nor repository on the hub ({type(e).__name__})"
+        ) from None
 
 
 def resolve_hf_dir(spec: str | Path) -> Path:
