@@ -92,7 +92,10 @@ class GpuTarget:
 
 def resolve_target(spec: str, mesh_size: int) -> GpuTarget:
     """`NAME` or a description file, optionally `:PROCESSESxDEVICES` (default 1 x the mesh)."""
-    where, _, topology = spec.partition(":") if not Path(spec).is_file() else (spec, "", "")
+    if Path(spec).is_file():  # a file name may hold a colon; a topology follows only a name
+        where, topology = spec, ""
+    else:
+        where, _, topology = spec.partition(":")
     if where in TARGETS:
         description = (TARGETS_DIR / TARGETS[where][0]).read_text()
     elif Path(where).is_file():
