@@ -25,6 +25,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from jax_tinyr1.cli import exits_on_bad_input
 from jax_tinyr1.data.formats import read_cold_start_json, read_grpo_jsonl
@@ -170,25 +171,26 @@ def first_and_last_fifth(metrics: list[dict], key: str) -> tuple[float, float]:
     return sum(values[:k]) / k, sum(values[-k:]) / k
 
 
-def run(
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """The demo's data, tokenizer and the two models GRPO can start from."""
+
+    out: Path
+    tokenizer: Any
+    sft: Path  # the SFT model (option letters and captions)
+    coldstart: Path  # the SFT model after the reasoning cold start
+
+
+def prepare(
     out: Path,
+    n: Sizes,
     *,
-    quick: bool = False,
-    sizes: Sizes | None = None,
-    overrides: tuple[str, ...] = (),
     seed: int = 0,
     kinds: tuple[str, ...] = KINDS,
     sft_letter_kinds: tuple[str, ...] | None = SFT_LETTER_KINDS,
-) -> dict:
-    n = sizes or SIZES["quick" if quick else "full"]
-    started = time.perf_counter()
-    seconds, lap_start = {}, [started]
-
-    def lap(name: str) -> None:
-        """Record the seconds since the previous lap (the stages run back to back)."""
-        now = time.perf_counter()
-        seconds[name], lap_start[0] = round(now - lap_start[0], 1), now
-
+    lap=lambda name: None,
+) -> Prepared:
+    """Stages 1-4: the data sets, the tokenizer, the SFT model and the ColdStart model."""
     out.mkdir(parents=True, exist_ok=True)
     print("1/6 synthetic data (real H.264 clips)", flush=True)
     synthetic = dict(kinds=kinds, shuffle_options=False)
@@ -224,27 +226,56 @@ def run(
         sft_config(out / "coldstart", out / "data", base, n.cold_epochs, n.cold_lr, tok, seed=seed), stage="sft"
     )
     lap("coldstart")
-    print("5/6 R1: GRPO", flush=True)
-    grpo_config = load_config(
+    return Prepared(out, tokenizer, base, cold)
+
+
+def grpo(prepared: Prepared, start: Path, out: Path, n: Sizes, *, seed: int = 0, overrides: tuple[str, ...] = ()):
+    """(final model, config) of a GRPO run of configs/demo_cpu.yaml from `start`."""
+    config = load_config(
         CONFIG,
         [
-            f"model.checkpoint={cold}",
-            f"data.root={out / 'data'}",
-            f"run.output_dir={out / 'grpo'}",
-            f"run.tokenizer={out / 'tokenizer'}",
+            f"model.checkpoint={start}",
+            f"data.root={prepared.out / 'data'}",
+            f"run.output_dir={out}",
+            f"run.tokenizer={prepared.out / 'tokenizer'}",
             f"run.max_steps={n.grpo_steps}",
             f"run.seed={seed}",
             f"data.seed={seed}",
             *overrides,
         ],
     )
-    r1 = train(grpo_config, stage="grpo")
+    return train(config, stage="grpo"), config
+
+
+def run(
+    out: Path,
+    *,
+    quick: bool = False,
+    sizes: Sizes | None = None,
+    overrides: tuple[str, ...] = (),
+    seed: int = 0,
+    kinds: tuple[str, ...] = KINDS,
+    sft_letter_kinds: tuple[str, ...] | None = SFT_LETTER_KINDS,
+) -> dict:
+    n = sizes or SIZES["quick" if quick else "full"]
+    started = time.perf_counter()
+    seconds, lap_start = {}, [started]
+
+    def lap(name: str) -> None:
+        """Record the seconds since the previous lap (the stages run back to back)."""
+        now = time.perf_counter()
+        seconds[name], lap_start[0] = round(now - lap_start[0], 1), now
+
+    prepared = prepare(out, n, seed=seed, kinds=kinds, sft_letter_kinds=sft_letter_kinds, lap=lap)
+    print("5/6 R1: GRPO", flush=True)
+    r1, grpo_config = grpo(prepared, prepared.coldstart, out / "grpo", n, seed=seed, overrides=overrides)
     lap("grpo")
     print("6/6 evaluation on held-out clips", flush=True)
     max_new = grpo_config.sampling.max_new_tokens
+    tokenizer = prepared.tokenizer
     results = {
-        "sft": evaluate_stage(base, tokenizer, out / "eval", 8, reasoning_prompt=False),
-        "coldstart": evaluate_stage(cold, tokenizer, out / "eval", max_new, reasoning_prompt=True),
+        "sft": evaluate_stage(prepared.sft, tokenizer, out / "eval", 8, reasoning_prompt=False),
+        "coldstart": evaluate_stage(prepared.coldstart, tokenizer, out / "eval", max_new, reasoning_prompt=True),
         "r1": evaluate_stage(r1, tokenizer, out / "eval", max_new, reasoning_prompt=True),
     }
     lap("eval")

@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import pytest
+import yaml
 from run_data import synthetic_run_root
 
 from jax_tinyr1.model import build_model, get_preset, save_pretrained
@@ -161,6 +162,9 @@ def test_every_key_of_every_section_is_read_by_a_run(tiny, tmp_path):
     assert "sft.micro_batches" in keys and keys - {"model.checkpoint"} - reads.seen == set()
     stored = json.loads((tmp_path / "sft" / "run_config.json").read_text())
     assert stored["stage"] == "sft" and stored["effective"]["compute_dtype"] == "float32"
+    # data.prompt_tokens / response_tokens 0: the run's one width, measured from its records
+    assert stored["effective"]["prompt_tokens"] % 32 == 0 < stored["effective"]["prompt_tokens"]
+    assert stored["effective"]["response_tokens"] % 32 == 0 < stored["effective"]["response_tokens"]
 
 
 TINY_PLAN = ["data.prompt_tokens=48", "sampling.max_new_tokens=8", "mesh.fsdp=2"]
@@ -232,13 +236,15 @@ def test_bad_run_settings_exit_2_naming_the_key_or_path(tiny, tmp_path, capsys):
         "mesh.fsdp=3",
     )
     assert code == 2 and "mesh:" in err and "does not divide the 8 devices" in err
-    # Prompts longer than data.prompt_tokens are bad input: named (error) or skipped and, when
-    # no replacement is usable, a clear error rather than a traceback.
+    # A data.prompt_tokens too short for some prompt stops the run before step 1 under either
+    # bad-input policy, naming the longest record and the width that holds them all.
     data = [f"model.checkpoint={tiny / 'ckpt'}", f"data.root={tiny / 'data'}", f"run.tokenizer={tiny / 'tok'}"]
-    code, err = run(*data, f"run.output_dir={tmp_path / 'long'}", "data.prompt_tokens=24")
-    assert code == 2 and "exceeds data.prompt_tokens=24" in err and "train.jsonl" in err
-    code, err = run(*data, f"run.output_dir={tmp_path / 'skip'}", "data.prompt_tokens=24", "data.bad_input=skip")
-    assert code == 2 and "no usable sample among 64 replacements" in err and "annotation=" in err
+    for policy in ("error", "skip"):
+        code, err = run(
+            *data, f"run.output_dir={tmp_path / policy}", "data.prompt_tokens=24", f"data.bad_input={policy}"
+        )
+        assert code == 2 and "data.prompt_tokens=24 is shorter than" in err and "train.jsonl:" in err, err
+        assert not (tmp_path / policy / "checkpoints").exists()
 
 
 def test_a_config_with_a_base_is_the_base_merged_under_it(tmp_path):
@@ -307,3 +313,18 @@ def test_every_ablation_is_the_paper_run_but_for_what_it_ablates(tmp_path, capsy
         out = capsys.readouterr().out
         assert code == 0 and out.strip().splitlines()[-1].startswith("per_device_peak_gib="), (name, out)
         assert "reference log-probs" not in out, name  # beta = 0: no reference program
+
+
+def test_the_ablation_bench_applies_what_each_shipped_config_ablates():
+    """bench/demo_ablations.py reads each variant from its config file: the same differences,
+    applied to the demo's config unchanged (the cold-start one as where the run starts)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import demo_ablations
+
+    for name, config_file in demo_ablations.VARIANTS.items():
+        overrides, from_sft = demo_ablations.variant_changes(config_file)
+        differs = ABLATIONS.get(config_file, {})
+        applied = {o.split("=", 1)[0]: yaml.safe_load(o.split("=", 1)[1]) for o in overrides}
+        assert applied == {k: v for k, v in differs.items() if k != "model.checkpoint"}, name
+        assert from_sft == ("model.checkpoint" in differs), name
+        load_config("configs/demo_cpu.yaml", overrides)  # every override is a key the demo run takes

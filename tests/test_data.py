@@ -17,7 +17,7 @@ from jax_tinyr1.data.formats import (
     read_mvbench,
     read_videomme_parquet,
 )
-from jax_tinyr1.data.loader import LoaderConfig, VideoQALoader, process_order
+from jax_tinyr1.data.loader import LoaderConfig, VideoQALoader, fit_widths, process_order, record_prompt_ids
 from jax_tinyr1.data.policy import BadInputPolicy, DataError, resolve_inside
 from jax_tinyr1.data.synthetic import CHECKS, COLOURS, generate, make_clip, read_index, write_video
 from jax_tinyr1.data.tokenizer import build_tokenizer
@@ -185,6 +185,42 @@ def test_bad_videos_under_both_policies_in_the_loader(tmp_path, tokenizer):
     strict = VideoQALoader(records, tmp_path, tokenizer, LoaderConfig(batch_size=8, num_frames=4, image_size=16))
     with pytest.raises(DataError, match=r"train.jsonl:\d+: .*(missing|empty|truncated|text|escape)"):
         next(strict)
+
+
+def test_the_run_width_is_measured_from_every_record_before_step_1(tmp_path, tokenizer):
+    """0: the smallest multiple of pad_multiple holding every prompt (spliced: text + visual
+    tokens), so every batch has that one width; set too short: stopped naming the longest."""
+    (tmp_path / "videos").mkdir()
+    write_video(tmp_path / "videos" / "good.mp4", _clip(frames=6, size=32), fps=6)
+    rows = [
+        {"problem": "Q?\nA. x\nB. y", "solution": "<answer>A</answer>", "video_filename": "./videos/good.mp4"},
+        {
+            "problem": "Which way does the square move, left or right, up or down, or not at all?\nA. left\n"
+            "B. right\nC. up\nD. down\nE. not at all",
+            "solution": "<answer>B</answer>",
+            "video_filename": "./videos/good.mp4",
+        },
+    ]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows * 2))
+    records = read_grpo_jsonl(tmp_path / "train.jsonl")
+    config = LoaderConfig(batch_size=2, num_frames=2, image_size=16, visual_tokens=9, pad_multiple=8)
+    lengths = [len(record_prompt_ids(tokenizer, r, True)) - 1 + 9 for r in records]
+    fitted = fit_widths(records, tokenizer, config)
+    assert fitted.prompt_tokens == -(-max(lengths) // 8) * 8 and fitted.prompt_tokens - 8 < max(lengths)
+    assert {b["prompt_ids"].shape[1] for b in VideoQALoader(records, tmp_path, tokenizer, fitted)} == {
+        fitted.prompt_tokens - 9 + 1
+    }
+    assert fit_widths(
+        records, tokenizer, dataclasses.replace(config, prompt_tokens=max(lengths))
+    ) == dataclasses.replace(config, prompt_tokens=max(lengths))
+    too_short = dataclasses.replace(config, prompt_tokens=max(lengths) - 1, bad_input="skip")
+    with pytest.raises(
+        DataError,
+        match=rf"data.prompt_tokens={max(lengths) - 1} is shorter than 2 of the 4 records; "
+        rf"the longest is .*train.jsonl:2 \({max(lengths)} tokens\); data.prompt_tokens="
+        rf"{fitted.prompt_tokens} holds them all",
+    ):
+        fit_widths(records, tokenizer, too_short)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

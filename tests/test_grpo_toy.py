@@ -111,6 +111,8 @@ def test_mu_two_uses_real_old_policy_log_probs(tmp_path):
         "completions/min_length",
         "completions/max_length",
         "completions/clipped_ratio",
+        "completions/shortcut_rate",
+        "completions/reflection_rate",
         "frac_reward_zero_std",
         "kl",
         "entropy",

@@ -267,3 +267,28 @@ def test_the_figure_5_rules_by_hand():
         # the logged terms are the ones the total is made of
         assert logged["format"] == pytest.approx([expected[0] - 1.0, expected[1]] if rule != "paper" else [0.75, 1.0])
         assert logged["accuracy"] == pytest.approx([1.0, 0.0])
+
+
+@pytest.mark.parametrize(
+    "text, shortcut, reflection",
+    [
+        ("<think> </think><answer>B</answer>", True, False),  # section 4.3.1's shortcut
+        ("<think></think><answer>B</answer>", True, False),
+        ("<think>red.</think><answer>A</answer>", True, False),  # 4 characters of reasoning
+        ("<think>It is red, so A.</think><answer>A</answer>", False, False),
+        ("<think> </think>", False, False),  # no answer block: not in the format, so no shortcut
+        ("<think>It is red. Wait, the middle frames are blue.</think><answer>B</answer>", False, True),
+        ("<think>Blue, so B. Let me re-examine the clip: yes.</think><answer>B</answer>", False, True),
+        ("<think>Blue, so B. Checked: yes.</think><answer>B</answer>", False, True),  # the demo's checks
+        ("<think>Blue. Going over the whole clip again, it holds.</think><answer>B</answer>", False, True),
+        ("<think>Blue, so B.</think><answer>B</answer> Wait.", False, False),  # after the reasoning
+        ("I think it is blue, but let me double-check", False, True),  # no think block: the whole text
+        ("<think>The waiter checks the menu; against the wall.</think><answer>C</answer>", False, False),
+    ],
+)
+def test_shortcut_and_reflection_by_hand(text, shortcut, reflection):
+    from jax_tinyr1.rewards.behaviour import behaviour_rates, is_shortcut, reflects
+
+    assert (is_shortcut(text), reflects(text)) == (shortcut, reflection)
+    rates = behaviour_rates([text, "no tags at all"])
+    assert rates == {"shortcut_rate": shortcut / 2, "reflection_rate": reflection / 2}

@@ -277,6 +277,9 @@ def test_scoring_with_known_answers_and_unparsed_outputs():
     outputs = ["<answer>A</answer>", "<answer>C</answer>", "no tags at all", "<answer>D. last</answer>"]
     mv = score(records, outputs, "mvbench")
     assert mv["overall"] == 50.0 and mv["per_group"] == {"x": 50.0, "y": 50.0} and mv["unparsed"] == 1
+    thinking = ["<think></think><answer>A</answer>", "<think>Blue. Wait, red.</think><answer>C</answer>"]
+    rates = score(records[:2], thinking, "mvbench")  # the evaluation JSON's behaviour rates
+    assert (rates["shortcut_rate"], rates["reflection_rate"]) == (0.5, 0.5)
     unbalanced = [
         _record(0, "A", task="x"),
         _record(1, "A", task="x"),

@@ -37,17 +37,18 @@ class LoaderConfig:
     seed: int = 0
     num_workers: int = 0
     bad_input: str = "error"  # or "skip"
-    # The spliced prompt length (text + visual tokens) every batch is padded to; a longer
-    # prompt is bad input. 0: pad to a multiple of `pad_multiple` instead. One width means
-    # one compiled program per stage, and the memory plan needs it.
+    # The spliced prompt length (text + visual tokens) every batch is padded to. 0: measured
+    # from the records before step 1 (the smallest multiple of `pad_multiple` that holds them
+    # all); set and too short for a record: the run stops before step 1 naming it (see
+    # `fit_widths`). One width means one compiled program per stage; the plan needs it set.
     prompt_tokens: int = 0
-    response_tokens: int = 0  # SFT: responses (with their EOS) padded to this; longer is bad input
+    response_tokens: int = 0  # SFT: responses (with their EOS) padded to this; 0: measured likewise
     num_frames: int = derived(16, "model: num_frames")
     image_size: int = derived(384, "model: vision.image_size")
     visual_tokens: int = derived(0, "model: connector.num_queries")
     num_epochs: int = derived(1, "run.epochs")
     reasoning_prompt: bool = derived(True, "the stage (GRPO: yes, SFT: no)")
-    pad_multiple: int = 32  # pad token lengths up to a multiple: a few shapes, a few compilations
+    pad_multiple: int = 32  # measured widths are rounded up to a multiple of this
     # Under `bad_input: skip`, a bad sample is replaced (see `replacement_candidates`); more bad
     # samples than this fraction of the run's planned samples stops it at a step boundary.
     max_bad_fraction: float = 0.05
@@ -91,9 +92,10 @@ class MakeSample:
 
     def make(self, record: Record) -> dict[str, Any]:
         c = self.config
-        # The text first: a prompt or response too long for the run costs no video decode.
-        question = grpo_question(record.question) if c.reasoning_prompt else record.question
-        ids = np.asarray(prompt_ids(self.tokenizer, question), np.int32)
+        # The text first: a prompt or response too long for the run costs no video decode
+        # (`fit_widths` has measured every record before step 1, so this is a guard for a
+        # loader built without it).
+        ids = np.asarray(record_prompt_ids(self.tokenizer, record, c.reasoning_prompt), np.int32)
         if c.text_width is not None and len(ids) > c.text_width:
             spliced = len(ids) - 1 + c.visual_tokens
             return {
@@ -101,9 +103,8 @@ class MakeSample:
                 "kind": "annotation",
             }
         response = None
-        if record.response is not None:  # SFT: " {response}<|endoftext|>" is supervised
-            response = self.tokenizer(" " + record.response, add_special_tokens=False)["input_ids"]
-            response = np.asarray([*response, eos_id(self.tokenizer)], np.int32)
+        if record.response is not None:
+            response = np.asarray(record_response_ids(self.tokenizer, record), np.int32)
             if c.response_tokens and len(response) > c.response_tokens:
                 return {
                     "error": f"{record.source}: response of {len(response)} tokens exceeds "
@@ -125,6 +126,54 @@ class MakeSample:
         if response is not None:
             sample["response_ids"] = response
         return sample
+
+
+def record_prompt_ids(tokenizer, record: Record, reasoning_prompt: bool) -> list[int]:
+    """The prompt ids of a record as its stage asks it (GRPO appends the format instruction)."""
+    return prompt_ids(tokenizer, grpo_question(record.question) if reasoning_prompt else record.question)
+
+
+def record_response_ids(tokenizer, record: Record) -> list[int]:
+    """SFT's supervised ids: " {response}<|endoftext|>"."""
+    ids = tokenizer(" " + record.response, add_special_tokens=False)["input_ids"]
+    return [*ids, eos_id(tokenizer)]
+
+
+def fit_widths(records: list[Record], tokenizer, config: LoaderConfig) -> LoaderConfig:
+    """The loader config with the run's one prompt width (and SFT response width) measured
+    from every record with the run's tokenizer, before step 1.
+
+    A width left at 0 becomes the smallest multiple of `pad_multiple` that holds every record;
+    a width that is set and too short for some record stops the run here, naming the longest
+    record and the width that would hold them all. Skipping such records as bad input instead
+    would only be found step after step, until the bad-input budget stopped the run, and one
+    width for the whole run means one compiled program per stage."""
+    if not records:
+        return config
+    prompts = [
+        len(record_prompt_ids(tokenizer, r, config.reasoning_prompt)) - 1 + config.visual_tokens for r in records
+    ]
+    prompt_tokens = _fitted_width("data.prompt_tokens", config.prompt_tokens, prompts, records, config.pad_multiple)
+    response_tokens, sft = config.response_tokens, [r for r in records if r.response is not None]
+    if sft:
+        responses = [len(record_response_ids(tokenizer, r)) for r in sft]
+        response_tokens = _fitted_width("data.response_tokens", response_tokens, responses, sft, config.pad_multiple)
+    return dataclasses.replace(config, prompt_tokens=prompt_tokens, response_tokens=response_tokens)
+
+
+def _fitted_width(key: str, width: int, lengths: list[int], records: list[Record], multiple: int) -> int:
+    longest = int(np.argmax(lengths))
+    needed = -(-lengths[longest] // multiple) * multiple
+    if not width:
+        return needed
+    if lengths[longest] > width:
+        over = sum(n > width for n in lengths)
+        raise DataError(
+            f"{key}={width} is shorter than {over} of the {len(records)} records; the longest is "
+            f"{records[longest].source} ({lengths[longest]} tokens); {key}={needed} holds them all "
+            f"(or 0: measured from the data)"
+        )
+    return width
 
 
 def collate(

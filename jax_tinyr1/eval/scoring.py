@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from jax_tinyr1.data.answers import LETTERS, original_prediction, parse_prediction
 from jax_tinyr1.data.formats import Record
 from jax_tinyr1.eval.benchmarks import BENCHMARKS
+from jax_tinyr1.rewards.behaviour import behaviour_rates
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +94,7 @@ def score(
         "per_group": per_group,
         "count": len(records),
         "unparsed": unparsed,
+        **behaviour_rates(outputs),
         "items": items,
     }
 

@@ -20,6 +20,7 @@ from jax_tinyr1.grpo.config import GRPOConfig
 from jax_tinyr1.grpo.update import Batch, make_grpo_update, make_logps
 from jax_tinyr1.model.layers import DTYPES
 from jax_tinyr1.rewards import RewardConfig, batch_rewards
+from jax_tinyr1.rewards.behaviour import behaviour_rates
 from jax_tinyr1.update import multihost
 from jax_tinyr1.update.params import visual_tokens
 from jax_tinyr1.update.trainer import Trainer
@@ -134,6 +135,7 @@ class GRPOTrainer(Trainer):
             "completions/min_length": float(lengths.min()),
             "completions/max_length": float(lengths.max()),
             "completions/clipped_ratio": float(multihost.to_host(out.truncated).mean()),
+            **{f"completions/{k}": v for k, v in behaviour_rates(texts).items()},
             "frac_reward_zero_std": float(adv_metrics["frac_reward_zero_std"]),
             **{k: float(v) for k, v in metrics.items()},
             "nonfinite": nonfinite,

@@ -21,7 +21,7 @@ import jax
 from checkpoints_convert.hub import converted_checkpoint, hub_id
 from jax_tinyr1.cli import exits_on_bad_input
 from jax_tinyr1.data.formats import read_cold_start_json, read_grpo_jsonl
-from jax_tinyr1.data.loader import VideoQALoader
+from jax_tinyr1.data.loader import VideoQALoader, fit_widths
 from jax_tinyr1.data.policy import BadInputPolicy, DataError
 from jax_tinyr1.data.template import eos_id, pad_id
 from jax_tinyr1.data.tokenizer import checkpoint_tokenizer, load_tokenizer
@@ -222,28 +222,38 @@ def train(config: TrainConfig, *, stage: str) -> Path:
             f"run.tokenizer: {str(tokenizer_dir or '')!r} is not a tokenizer directory (default: model.checkpoint/"
             "tokenizer, which hf_to_flax writes)"
         )
+    tokenizer = load_tokenizer(tokenizer_dir)
+    model_config = config.model.resolve()
+    policy = BadInputPolicy(config.data.bad_input)
+    records = spec.read_records(annotations, policy)
+    d = config.data
+    # Every record's prompt is measured before anything heavy is built: a width that cannot
+    # hold them all stops the run now, and the run's one width is in its stored settings.
+    loader_config = fit_widths(
+        records,
+        tokenizer,
+        dataclasses.replace(
+            d,
+            num_frames=model_config.num_frames,
+            image_size=model_config.vision.image_size,
+            visual_tokens=model_config.num_visual_tokens,
+            num_epochs=config.run.epochs,
+            reasoning_prompt=spec.reasoning_prompt,
+        ),
+    )
     maybe_initialize_distributed()
     mesh = run_mesh(config)
     settings = effective_settings(config, mesh)
+    settings["prompt_tokens"] = loader_config.prompt_tokens
+    if stage == "sft":
+        settings["response_tokens"] = loader_config.response_tokens
     if jax.process_index() == 0:
         print(f"effective settings: {json.dumps(settings)}", file=sys.stderr, flush=True)
         out.mkdir(parents=True, exist_ok=True)
         (out / "run_config.json").write_text(
             json.dumps({"stage": stage, "config": to_dict(config), "effective": settings}, indent=2)
         )
-    tokenizer = load_tokenizer(tokenizer_dir)
-    model, model_config = config.model.build(seed=config.run.seed)
-    policy = BadInputPolicy(config.data.bad_input)
-    records = spec.read_records(annotations, policy)
-    d = config.data
-    loader_config = dataclasses.replace(
-        d,
-        num_frames=model_config.num_frames,
-        image_size=model_config.vision.image_size,
-        visual_tokens=model_config.num_visual_tokens,
-        num_epochs=config.run.epochs,
-        reasoning_prompt=spec.reasoning_prompt,
-    )
+    model, _ = config.model.build(seed=config.run.seed)
     loader = VideoQALoader(
         records, root, tokenizer, loader_config, process_index=jax.process_index(), process_count=jax.process_count()
     )
