@@ -175,6 +175,11 @@ def ask_memory_analysis(flax: Path) -> None:
     stored, _ = load_model_config(flax)
     config = ModelSpec.for_inference(stored.llm.dtype).apply(stored)
     graphdef, state = nnx.split(abstract_model(config))
+    # As ask hands them over on CPU (generate.sampler.inference_split): 16-bit layer weights
+    # as uint16 bit patterns.
+    for var in state["llm"]["layers"].values():
+        if jnp.dtype(var.get_value().dtype).itemsize == 2:
+            var.set_value(jax.ShapeDtypeStruct(var.get_value().shape, jnp.uint16))
     v = config.vision
     pixels = jax.ShapeDtypeStruct((1, config.num_frames, v.image_size, v.image_size, 3), jnp.float32)
     visual = jax.eval_shape(lambda s, p: nnx.merge(graphdef, s).encode_video(p), state, pixels)

@@ -9,11 +9,14 @@ file (configs/ablation_*.yaml against configs/paper_8xa100.yaml) and applied to 
 config unchanged: nothing here is chosen per variant. The no-cold-start run starts from the
 SFT model, as the paper's started from the base TinyLLaVA-Video.
 
-Writes OUT/ablations.md and .json (per seed and variant: held-out accuracy, the shortcut and
-reflection rates on the held-out clips, the GRPO curves' first -> last fifth), the findings
-with their margin per seed (positive: the paper's statement holds), and a Figure 5-like plot
-per seed (response length per step under the three reward rules) in DOCS. The seeds and
-settings are fixed before any outcome is seen; what the runs give is reported as it is.
+Each seed's results are kept in OUT/seed_S/results.json and read back when the seed is asked
+for again, so seeds can run as parallel processes (`--seeds 0`, `--seeds 1`, ... into one
+OUT) and a last call with all of them writes the report: OUT/ablations.md and .json (per seed
+and variant: held-out accuracy, the shortcut and reflection rates on the held-out clips, the
+GRPO curves' first -> last fifth), the findings with their margin per seed (positive: the
+paper's statement holds), and a Figure 5-like plot per seed (response length per step under
+the three reward rules) in DOCS. The seeds and settings are fixed before any outcome is seen;
+what the runs give is reported as it is.
 """
 
 from __future__ import annotations
@@ -169,13 +172,18 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for seed in args.seeds:
         out = args.out / f"seed_{seed}"
+        done = out / "results.json"  # a finished seed is read back (seeds may run as parallel processes)
+        if done.is_file() and {r["variant"] for r in json.loads(done.read_text())} >= set(args.variants):
+            results += [r for r in json.loads(done.read_text()) if r["variant"] in args.variants]
+            continue
         prepared = prepare(out, sizes, seed=seed)
-        for name in args.variants:
-            results.append(run_variant(prepared, name, out / name, sizes, seed))
-            (args.out / "ablations.json").write_text(json.dumps(results, indent=1))
+        seed_results = [run_variant(prepared, name, out / name, sizes, seed) for name in args.variants]
+        done.write_text(json.dumps(seed_results, indent=1))
+        results += seed_results
         rules = [out / name for name in FIGURE_5 if name in args.variants]
         if rules:
             plot_runs(rules, args.docs / f"figure5_seed{seed}")
+    (args.out / "ablations.json").write_text(json.dumps(results, indent=1))
     text = report(results, args.seeds, args.variants)
     (args.out / "ablations.md").write_text(text + "\n")
     print(f"\n{platform.processor() or platform.machine()}, seeds {args.seeds}\n{text}")

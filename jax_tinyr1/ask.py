@@ -30,7 +30,7 @@ from jax_tinyr1.data.preprocess import preprocess_frames
 from jax_tinyr1.data.template import eos_id, eval_question, grpo_question, pad_id, prompt_ids
 from jax_tinyr1.data.tokenizer import checkpoint_tokenizer, load_tokenizer
 from jax_tinyr1.data.video import read_frame_folder, read_frames
-from jax_tinyr1.generate.sampler import generate
+from jax_tinyr1.generate.sampler import generate, inference_split
 from jax_tinyr1.generate.sampling import SamplingConfig
 from jax_tinyr1.model.config_io import load_model_config
 from jax_tinyr1.model.layers import DTYPES
@@ -93,7 +93,7 @@ def ask(
     del frames
     model, config = load_for_inference(checkpoint, dtype)
 
-    graphdef, state = nnx.split(model)
+    graphdef, state = inference_split(model)
     start = time.perf_counter()
     visual = jax.jit(lambda s, p: nnx.merge(graphdef, s).encode_video(p))(state, pixels)
     visual.block_until_ready()

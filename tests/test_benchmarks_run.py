@@ -70,3 +70,27 @@ def test_rollout_and_update_benchmarks_run_tiny():
         1,
     )
     assert set(update) == {"speedup_vs_torch"} and update["speedup_vs_torch"] > 0
+
+
+@pytest.mark.bench
+def test_ablation_bench_runs_quick_and_reports_every_finding(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "bench/demo_ablations.py",
+            "--quick",
+            "--seeds",
+            "0",
+            "--out",
+            str(tmp_path / "out"),
+            "--docs",
+            str(tmp_path / "docs"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    report = (tmp_path / "out" / "ablations.md").read_text()
+    assert "| dr_grpo |" in report and "4.3.3 Dr. GRPO shortens the responses" in report, out.stdout[-2000:]
+    assert (tmp_path / "docs" / "figure5_seed0" / "response_length.png").is_file()

@@ -179,3 +179,40 @@ def test_sampling_never_draws_a_filtered_token_and_matches_block_weights():
     observed = np.bincount(tokens, minlength=v) / n
     tolerance = 5 * np.sqrt(p * (1 - p) / n) + 1e-9
     assert np.all(np.abs(observed - p) <= tolerance)
+
+
+def test_answering_with_bf16_weights_on_cpu_holds_no_float32_copy_of_the_layers():
+    """inference_split hands XLA:CPU the stacked 16-bit layer weights as uint16 views of the
+    same buffers: the answers are the same tokens, bit for bit, on both decode paths, the
+    model keeps its own bf16 weights, and the compiled program's temporaries stay below one
+    float32 copy of the layers (which XLA's float normalization makes of bf16 ones)."""
+    from jax_tinyr1.generate.sampler import generate, inference_split
+    from jax_tinyr1.model import build_model, get_preset
+    config = get_preset(
+        "qwen2-tiny", hidden_size=128, intermediate_size=512, num_layers=6, dtype="bfloat16", param_dtype="bfloat16"
+    )
+    model = build_model(config, seed=2)
+    plain, views = nnx.split(model), inference_split(model)
+    q = model.layers["q_kernel"][...]
+    assert q.dtype == jnp.bfloat16 and views[1]["layers"]["q_kernel"][...].dtype == jnp.uint16
+    assert views[1]["layers"]["q_kernel"][...].unsafe_buffer_pointer() == q.unsafe_buffer_pointer()  # no copy
+    ids, mask, _ = _prompts()
+    sampling = SamplingConfig(max_new_tokens=6, temperature=0.0, top_k=0, eos_id=EOS, pad_id=0)
+
+    def answer(graphdef, path):
+        def run(state, ids, mask):
+            llm = nnx.merge(graphdef, state)
+            return generate(llm, llm.embed_tokens(ids), mask, jax.random.key(0), sampling, 1, decode_path=path).tokens
+
+        return jax.jit(run)
+
+    for path in ("scan", "cpu"):
+        want = answer(plain[0], path)(plain[1], jnp.asarray(ids), jnp.asarray(mask))
+        got = answer(views[0], path)(views[1], jnp.asarray(ids), jnp.asarray(mask))
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=path)
+    layers_f32 = sum(v[...].size for v in model.layers.values()) * 4
+    temps = {
+        name: answer(graphdef, "scan").lower(state, ids, mask).compile().memory_analysis().temp_size_in_bytes
+        for name, (graphdef, state) in (("plain", plain), ("views", views))
+    }
+    assert temps["plain"] >= layers_f32 > 2 * temps["views"], (temps, layers_f32)

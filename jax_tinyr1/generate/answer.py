@@ -10,13 +10,13 @@ import numpy as np
 from flax import nnx
 
 from jax_tinyr1.data.loader import pad_rows
-from jax_tinyr1.generate.sampler import generate
+from jax_tinyr1.generate.sampler import generate, inference_split
 from jax_tinyr1.generate.sampling import SamplingConfig
 
 
 class Answerer:
     def __init__(self, model, sampling: SamplingConfig, *, pad_multiple: int):
-        self.graphdef, self.state = nnx.split(model)
+        self.graphdef, self.state = inference_split(model)
         self.sampling, self.pad_multiple = sampling, pad_multiple
 
         def run(state, ids_bt, mask_bt, pixels_bfyx3, key):

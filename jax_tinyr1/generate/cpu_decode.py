@@ -19,7 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jax_tinyr1.model.layers import DTYPES, rms_norm
+from jax_tinyr1.model.layers import DTYPES, from_bit_patterns, rms_norm
 from jax_tinyr1.model.qwen2 import (
     FEATURE_MAJOR,
     KVCache,
@@ -45,12 +45,13 @@ def decode_weights(llm: Qwen2ForCausalLM) -> DecodeWeights:
     for i in range(c.num_layers):
         layer = {}
         for name, value in stacked.items():
+            value = from_bit_patterns(value[i], DTYPES[c.param_dtype])
             if name.endswith("_kernel"):
-                layer[name] = value[i].T.astype(dtype)
+                layer[name] = value.T.astype(dtype)
             elif name.endswith("_bias"):
-                layer[name] = value[i].astype(dtype)[:, None]
+                layer[name] = value.astype(dtype)[:, None]
             else:
-                layer[name] = value[i]
+                layer[name] = value
         layers.append(layer)
     head_vd = llm.embed[...] if c.tie_word_embeddings else llm.lm_head[...].T
     weights = DecodeWeights(layers, llm.final_norm[...], head_vd.astype(dtype))

@@ -8,7 +8,8 @@ one `lax.while_loop` decodes one token per step for all B x G rows over the prea
 cache, stopping early once every row has produced EOS. Shapes are static, the parameters
 are arguments and the cache lives inside the loop, so one compilation serves every step.
 On CPU the loop runs `cpu_decode.decode_step` (per-layer transposed weights, copied once
-per rollout); elsewhere the model's scanned layers.
+per rollout) while those copies are small; elsewhere, and for a large model, the model's
+scanned layers.
 """
 
 from __future__ import annotations
@@ -17,13 +18,18 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jax_tinyr1.generate.cpu_decode import decode_step, decode_weights
 from jax_tinyr1.generate.sampling import SamplingConfig, sample_tokens
+from jax_tinyr1.model.layers import DTYPES
 from jax_tinyr1.model.qwen2 import KVCache, Qwen2ForCausalLM
 
 DECODE_PATHS = ("auto", "scan", "cpu")
+# "auto" on CPU takes `cpu_decode` (faster) while its weight copies stay below this; the 3.6B
+# model's would be 6.2 GB of bf16 beside the 6.2 GB model, so it decodes with the scanned layers.
+CPU_DECODE_MAX_COPY_BYTES = 4 << 30
 
 
 class Rollout(NamedTuple):
@@ -65,7 +71,8 @@ def generate(
     if decode_path not in DECODE_PATHS:
         raise ValueError(f"decode_path must be one of {DECODE_PATHS}, got {decode_path!r}")
     if decode_path == "auto":
-        decode_path = "cpu" if jax.default_backend() == "cpu" else "scan"
+        small = decode_copy_bytes(llm) <= CPU_DECODE_MAX_COPY_BYTES
+        decode_path = "cpu" if jax.default_backend() == "cpu" and small else "scan"
     b, t, _ = prompt_embeds_btd.shape
     n = config.max_new_tokens
     rows = b * group_size
@@ -125,6 +132,35 @@ def generate(
     _, _, _, tokens, logps, done, _ = jax.lax.while_loop(cond, body, carry)
     completion_mask = completion_mask_from_tokens(tokens, config.eos_id)
     return Rollout(tokens, completion_mask, logps * completion_mask, completion_mask.sum(axis=1), ~done)
+
+
+def decode_copy_bytes(llm: Qwen2ForCausalLM) -> int:
+    """Bytes of `cpu_decode.decode_weights`' copies: every layer's weights and the LM head in
+    the compute dtype."""
+    itemsize = jnp.dtype(DTYPES[llm.config.dtype]).itemsize
+    return (sum(int(v[...].size) for v in llm.layers.values()) + int(llm.embed[...].size)) * itemsize
+
+
+def inference_split(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:
+    """`nnx.split` of a model that only answers, for the programs that run `generate`.
+
+    On XLA:CPU the language model's stacked 16-bit layer weights are handed over as uint16
+    views of the same buffers (no copy), turned back into floats one layer at a time inside
+    the layer scan (`layers.from_bit_patterns`). XLA:CPU computes bf16 matmuls in float32,
+    and its float normalization casts the operand of the scan's per-layer slice, i.e. the
+    whole stacked array, hoisted out of every loop: a float32 copy of the language model,
+    twice its bf16 size (measured at 3.6B: 14.9 GB of temporaries beside 6.2 GB of weights,
+    and ask killed at 24 GB). Integers are not normalized."""
+    graphdef, state = nnx.split(model)
+    if jax.default_backend() != "cpu":
+        return graphdef, state
+    state = jax.tree.map(lambda x: x, state)  # new Variables: the model keeps its own
+    llm = state["llm"] if "llm" in state else state
+    for var in llm["layers"].values():
+        value = var[...]
+        if jnp.issubdtype(value.dtype, jnp.floating) and jnp.dtype(value.dtype).itemsize == 2:
+            var.set_value(jax.device_put(np.asarray(value).view(np.uint16)))
+    return graphdef, state
 
 
 def completion_mask_from_tokens(tokens_bt, eos_id: int) -> jax.Array:

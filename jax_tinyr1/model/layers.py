@@ -14,6 +14,13 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 STORAGE_DTYPES = ("float32", "bfloat16")
 
 
+def from_bit_patterns(x: jax.Array, dtype) -> jax.Array:
+    """A weight in `dtype`: itself, or reinterpreted when it is held as uint16 bit patterns
+    (see generate.sampler.inference_split: how XLA:CPU answers with bf16 weights in bf16's
+    memory)."""
+    return jax.lax.bitcast_convert_type(x, dtype) if x.dtype == jnp.uint16 else x
+
+
 def dense(x: jax.Array, kernel_io: jax.Array, bias_o: jax.Array | None = None) -> jax.Array:
     """x @ kernel (+ bias) in x's dtype (the compute dtype); parameters are cast, not x."""
     # As a 2-D matmul: XLA's CPU backend lowers the weight gradient of a batched einsum (two

@@ -22,6 +22,7 @@ from jax_tinyr1.model.layers import (
     DTYPES,
     causal_attention_mask,
     dense,
+    from_bit_patterns,
     rms_norm,
     stacked_param,
 )
@@ -297,6 +298,7 @@ class Qwen2ForCausalLM(nnx.Module):
 
         def body(x, layer):
             p, kv = layer
+            p = {name: from_bit_patterns(v, DTYPES[c.param_dtype]) for name, v in p.items()}  # one layer's
             kv = None if kv is None else (*kv, start)
             return _scanned_layer(c, p, x, cos, sin, mask, kv)
 
