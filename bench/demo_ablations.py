@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import jax
+from demo_seeds import finding_row
 
 from jax_tinyr1.demo import SIZES, evaluate_stage, first_and_last_fifth, grpo, prepare
 from jax_tinyr1.train.config import load_config, to_dict
@@ -151,8 +152,7 @@ def report(results: list[dict], seeds: list[int], names: list[str]) -> str:
             margins = [margin({name: by[(s, name)] for name in names}) for s in seeds]
         except KeyError:  # a variant it needs was not run
             continue
-        held = sum(m > 0 for m in margins)
-        lines.append(f"| {finding} | {', '.join(f'{m:+.2f}' for m in margins)} | {held} of {len(margins)} |")
+        lines.append(finding_row(finding, margins))
     return "\n".join(lines)
 
 

@@ -40,11 +40,14 @@ def table(summaries: list[dict]) -> str:
             f"| {s['seconds']:.0f} |"
         )
     lines += ["", "| finding | margin per seed | held in |", "|---|---|---|"]
-    for name, margin in FINDINGS.items():
-        margins = [margin(s) for s in summaries]
-        held = sum(m > 0 for m in margins)
-        lines.append(f"| {name} | {', '.join(f'{m:+.2f}' for m in margins)} | {held} of {len(margins)} |")
+    lines += [finding_row(name, [margin(s) for s in summaries]) for name, margin in FINDINGS.items()]
     return "\n".join(lines)
+
+
+def finding_row(name: str, margins: list[float]) -> str:
+    """A finding's table row: its margin in each seed (positive: it held) and how often it held."""
+    held = sum(m > 0 for m in margins)
+    return f"| {name} | {', '.join(f'{m:+.2f}' for m in margins)} | {held} of {len(margins)} |"
 
 
 def main(argv: list[str] | None = None) -> int:
