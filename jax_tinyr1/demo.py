@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -85,6 +86,7 @@ def initial_model(out: Path, seed: int = 0) -> Path:
     """The tiny TinyLLaVA-Video at random initialization (see LATENTS_INIT_STD)."""
     model = build_model(get_preset("tinyllava-video-tiny"), seed=seed)
     model.connector.latents[...] = model.connector.latents[...] * LATENTS_INIT_STD
+    shutil.rmtree(out, ignore_errors=True)  # a demo run again into its OUT: the same draw, written anew
     save_pretrained(out, model)
     return out
 
