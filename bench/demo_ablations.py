@@ -22,6 +22,7 @@ what the runs give is reported as it is.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -129,9 +130,9 @@ FINDINGS = {
 def report(results: list[dict], seeds: list[int], names: list[str]) -> str:
     by = {(r["seed"], r["variant"]): r for r in results}
     lines = [
-        "| variant | held-out accuracy % per seed | mean | shortcut (held-out) | reflection (held-out) "
+        "| variant | seeds | held-out accuracy % per seed | mean | shortcut (held-out) | reflection (held-out) "
         "| length first -> last | reward first -> last | seconds per run |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     columns = (
         lambda r: f"{r['eval_shortcut_rate']:.2f}",
@@ -141,18 +142,22 @@ def report(results: list[dict], seeds: list[int], names: list[str]) -> str:
         lambda r: f"{r['seconds']:.0f}",
     )
     for name in names:
-        rows = [by[(s, name)] for s in seeds]
+        rows = [by[(s, name)] for s in seeds if (s, name) in by]
+        if not rows:
+            continue
         mean = sum(r["accuracy"] for r in rows) / len(rows)
-        cells = [", ".join(f"{r['accuracy']:.1f}" for r in rows), f"{mean:.1f}"]
+        accuracy = ", ".join(f"{r['accuracy']:.1f}" for r in rows)
+        cells = [", ".join(str(r["seed"]) for r in rows), accuracy, f"{mean:.1f}"]
         cells += [", ".join(column(r) for r in rows) for column in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "| finding (paper section) | margin per seed | held in |", "|---|---|---|"]
     for finding, margin in FINDINGS.items():
-        try:
-            margins = [margin({name: by[(s, name)] for name in names}) for s in seeds]
-        except KeyError:  # a variant it needs was not run
-            continue
-        lines.append(finding_row(finding, margins))
+        margins = {}
+        for s in seeds:
+            with contextlib.suppress(KeyError):  # a variant it needs has not run in this seed
+                margins[s] = margin({name: by[(s, name)] for name in names if (s, name) in by})
+        if margins:
+            lines.append(finding_row(f"{finding} (seeds {', '.join(map(str, margins))})", list(margins.values())))
     return "\n".join(lines)
 
 
@@ -163,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=Path, default=Path("docs"), help="where the Figure 5-like plots go")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--quick", action="store_true", help="the demo's quick sizes (a smoke run)")
+    parser.add_argument("--report", action="store_true", help="only the report of the variants finished so far")
     args = parser.parse_args(argv)
     sizes = SIZES["quick" if args.quick else "full"]
     # The variants of a seed, and the seeds, share most programs (the same shapes; only the
@@ -172,15 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for seed in args.seeds:
         out = args.out / f"seed_{seed}"
-        done = out / "results.json"  # a finished seed is read back (seeds may run as parallel processes)
-        if done.is_file() and {r["variant"] for r in json.loads(done.read_text())} >= set(args.variants):
-            results += [r for r in json.loads(done.read_text()) if r["variant"] in args.variants]
-            continue
-        prepared = prepare(out, sizes, seed=seed)
-        seed_results = [run_variant(prepared, name, out / name, sizes, seed) for name in args.variants]
-        done.write_text(json.dumps(seed_results, indent=1))
-        results += seed_results
-        rules = [out / name for name in FIGURE_5 if name in args.variants]
+        # A finished variant's result is read back: seeds may run as parallel processes into
+        # one OUT, and a stopped bench goes on where it stopped (its runs resume too).
+        done = {name: out / name / "result.json" for name in args.variants}
+        todo = [name for name, path in done.items() if not path.is_file()]
+        prepared = prepare(out, sizes, seed=seed) if todo and not args.report else None
+        for name, path in done.items():
+            if name in todo and prepared is not None:
+                path.write_text(json.dumps(run_variant(prepared, name, out / name, sizes, seed), indent=1))
+            if path.is_file():
+                results.append(json.loads(path.read_text()))
+        rules = [out / name for name in FIGURE_5 if done.get(name) and done[name].is_file()]
         if rules:
             plot_runs(rules, args.docs / f"figure5_seed{seed}")
     (args.out / "ablations.json").write_text(json.dumps(results, indent=1))
