@@ -188,6 +188,7 @@ def test_answering_with_bf16_weights_on_cpu_holds_no_float32_copy_of_the_layers(
     float32 copy of the layers (which XLA's float normalization makes of bf16 ones)."""
     from jax_tinyr1.generate.sampler import generate, inference_split
     from jax_tinyr1.model import build_model, get_preset
+
     config = get_preset(
         "qwen2-tiny", hidden_size=128, intermediate_size=512, num_layers=6, dtype="bfloat16", param_dtype="bfloat16"
     )

@@ -155,7 +155,7 @@ def inference_split(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:
     if jax.default_backend() != "cpu":
         return graphdef, state
     state = jax.tree.map(lambda x: x, state)  # new Variables: the model keeps its own
-    llm = state["llm"] if "llm" in state else state
+    llm = state.get("llm", state)
     for var in llm["layers"].values():
         value = var[...]
         if jnp.issubdtype(value.dtype, jnp.floating) and jnp.dtype(value.dtype).itemsize == 2:
