@@ -31,7 +31,7 @@ from jax_tinyr1.model.qwen2 import (
 
 
 class DecodeWeights(NamedTuple):
-    layers: list[dict[str, jax.Array]]  # per layer; kernels [out, in]
+    layers: list[dict[str, jax.Array]]  # per layer; kernels [out, in] (adapters A^T [r, in], B^T [out, r])
     final_norm: jax.Array
     head_vd: jax.Array  # the LM head as [vocab, D]
 
@@ -40,13 +40,13 @@ def decode_weights(llm: Qwen2ForCausalLM) -> DecodeWeights:
     """Per-layer transposed copies of the weights (call once, outside the decode loop)."""
     c = llm.config
     dtype = DTYPES[c.dtype]
-    stacked = {name: var[...] for name, var in llm.layers.items()}
+    stacked = {name: var[...] for name, var in {**dict(llm.layers.items()), **llm.adapters()}.items()}
     layers = []
     for i in range(c.num_layers):
         layer = {}
         for name, value in stacked.items():
             value = from_bit_patterns(value[i], DTYPES[c.param_dtype])
-            if name.endswith("_kernel"):
+            if name.endswith(("_kernel", "_lora_a", "_lora_b")):  # adapters are matmuls like kernels
                 layer[name] = value.T.astype(dtype)
             elif name.endswith("_bias"):
                 layer[name] = value.astype(dtype)[:, None]

@@ -17,13 +17,16 @@ from jax.sharding import Mesh
 from jax_tinyr1.generate.sampler import Rollout, generate
 from jax_tinyr1.grpo.advantages import group_advantages
 from jax_tinyr1.grpo.config import GRPOConfig
-from jax_tinyr1.grpo.update import Batch, make_grpo_update, make_logps
+from jax_tinyr1.grpo.update import Batch, make_grpo_update, make_logps, make_reference_logps
 from jax_tinyr1.model.layers import DTYPES
+from jax_tinyr1.model.lora import split_adapters
 from jax_tinyr1.rewards import RewardConfig, batch_rewards
 from jax_tinyr1.rewards.behaviour import behaviour_rates
 from jax_tinyr1.update import multihost
-from jax_tinyr1.update.params import visual_tokens
+from jax_tinyr1.update.params import merge_params, visual_tokens
 from jax_tinyr1.update.trainer import Trainer
+
+DROPOUT_STREAM = 3  # folded into a step's key for the adapters' dropout (the step splits it in two)
 
 
 def rollout_program(graphdef, config: GRPOConfig, decode_path: str = "auto"):
@@ -31,7 +34,7 @@ def rollout_program(graphdef, config: GRPOConfig, decode_path: str = "auto"):
     prompt."""
 
     def rollout(trainable, frozen, prompt_ids, prompt_mask, vision_input, key) -> Rollout:
-        model = nnx.merge(graphdef, {**frozen, **trainable})
+        model = nnx.merge(graphdef, merge_params(frozen, trainable))
         visual = visual_tokens(model, vision_input, config.trainable, prompt_ids.shape[0])
         embeds, mask = model.embed_inputs(prompt_ids, prompt_mask, visual)
         return generate(model.llm, embeds, mask, key, config.sampling, config.group_size, decode_path=decode_path)
@@ -40,12 +43,15 @@ def rollout_program(graphdef, config: GRPOConfig, decode_path: str = "auto"):
 
 
 def reference_copy(trainable: dict, config: GRPOConfig) -> dict | None:
-    """The frozen reference policy (the trainable weights as they start, in
-    `reference_dtype`), or None when the objective has no KL term."""
+    """What the frozen reference policy keeps of its own: the trainable weights as they start,
+    in `reference_dtype`, but for adapters (the reference switches them off, see
+    `make_reference_logps`: with LoRA only a fully trained connector is copied); None when
+    the objective has no KL term."""
     if config.objective.beta == 0:
         return None
     dtype = DTYPES[config.reference_dtype]
-    return jax.tree.map(lambda x: x.astype(dtype) if x.dtype != dtype else jnp.copy(x), trainable)
+    base, _ = split_adapters(trainable)
+    return jax.tree.map(lambda x: x.astype(dtype) if x.dtype != dtype else jnp.copy(x), base)
 
 
 class GRPOTrainer(Trainer):
@@ -63,8 +69,11 @@ class GRPOTrainer(Trainer):
         )
         self.config, self.tokenizer, self.reward_config = config, tokenizer, reward_config
         self.reference = reference_copy(self.trainable, config)
+        llm = model.config.llm
+        self.dropout_rate = llm.lora_dropout if llm.lora_rank else 0.0
         self._update = make_grpo_update(self.graphdef, config, self.optimizer)
         self._logps = jax.jit(make_logps(self.graphdef, config))
+        self._reference_logps = jax.jit(make_reference_logps(self.graphdef, config))
         self._rollout = jax.jit(rollout_program(self.graphdef, config))
 
     def rollout(self, prompt_ids, prompt_mask, vision_input, key) -> Rollout:
@@ -74,6 +83,18 @@ class GRPOTrainer(Trainer):
     def logps(self, trainable, batch: Batch) -> jax.Array:
         with jax.set_mesh(self.mesh):
             return self._logps(trainable, self.frozen, batch)
+
+    def reference_logps(self, batch: Batch) -> jax.Array:
+        with jax.set_mesh(self.mesh):
+            return self._reference_logps(self.reference, self.trainable, self.frozen, batch)
+
+    def dropout_keys(self, key: jax.Array, rows: int) -> jax.Array | None:
+        """The adapters' dropout keys of a step's rows ([R, 2] key data, a function of the step's
+        key: a resumed run draws the same masks), or None without dropout."""
+        if not self.dropout_rate:
+            return None
+        keys = jax.random.split(jax.random.fold_in(key, DROPOUT_STREAM), rows)
+        return self.to_global(np.asarray(jax.random.key_data(keys)))
 
     # -- one step -------------------------------------------------------------------------
     def step(
@@ -111,10 +132,11 @@ class GRPOTrainer(Trainer):
             advantages=self.to_global(np.asarray(advantages)),
             old_logps=None,
             ref_logps=None,
+            dropout_keys=self.dropout_keys(key, len(tokens)),
         )
         extra = {}
         if self.reference is not None:
-            batch = batch._replace(ref_logps=self.logps(self.reference, batch))
+            batch = batch._replace(ref_logps=self.reference_logps(batch))
         if c.updates_per_rollout > 1:  # real old-policy log-probs for the later updates
             old = self.logps(self.trainable, batch)
             batch = batch._replace(old_logps=old)

@@ -11,6 +11,7 @@ import optax
 
 from jax_tinyr1.grpo.config import GRPOConfig
 from jax_tinyr1.grpo.loss import grpo_loss
+from jax_tinyr1.model.lora import merge_trees, split_adapters, without_adapters
 from jax_tinyr1.update.logprobs import policy_logps
 from jax_tinyr1.update.step import make_update, map_micro_batches
 
@@ -26,9 +27,10 @@ class Batch(NamedTuple):
     advantages: jax.Array  # [R]
     old_logps: jax.Array | None  # [R, T], None: on-policy (ratio = 1)
     ref_logps: jax.Array | None  # [R, T], None when beta = 0
+    dropout_keys: jax.Array | None = None  # [R, 2] key data: the adapters' dropout in the update (lora.dropout)
 
 
-def _logps(graphdef, config: GRPOConfig):
+def _logps(graphdef, config: GRPOConfig, *, dropout: bool = False):
     def logps(trainable, frozen, batch: Batch):
         return policy_logps(
             graphdef,
@@ -38,6 +40,7 @@ def _logps(graphdef, config: GRPOConfig):
             config.trainable,
             temperature=config.sampling.temperature or 1.0,  # greedy sampling scores at temperature 1
             chunk=config.logprob_chunk,
+            dropout_keys=batch.dropout_keys if dropout else None,
         )
 
     return logps
@@ -49,8 +52,21 @@ def make_logps(graphdef, config: GRPOConfig):
     return map_micro_batches(lambda t, f, b: logps(t, f, b)[0], config.micro_batches)
 
 
+def make_reference_logps(graphdef, config: GRPOConfig):
+    """reference_logps(reference, trainable, frozen, batch) -> [R, T]: the reference policy's
+    log-probs. `reference` holds the starting copy of what trains in full; the adapters,
+    when there are any, are switched off (the base model: LoRA's reference at no cost)."""
+    logps = make_logps(graphdef, config)
+
+    def reference_logps(reference, trainable, frozen, batch: Batch):
+        adapters_off = without_adapters(split_adapters(trainable)[1])
+        return logps(merge_trees(adapters_off, reference), frozen, batch)
+
+    return reference_logps
+
+
 def make_grpo_update(graphdef, config: GRPOConfig, optimizer: optax.GradientTransformation):
-    logps_fn = _logps(graphdef, config)
+    logps_fn = _logps(graphdef, config, dropout=True)
 
     def loss(trainable, frozen, batch: Batch):
         logps, entropy = logps_fn(trainable, frozen, batch)

@@ -24,6 +24,7 @@ from jax.sharding import Mesh, SingleDeviceSharding
 
 from jax_tinyr1.cli import CheckpointError
 from jax_tinyr1.model.config_io import load_model_config, save_model_config
+from jax_tinyr1.model.lora import has_adapters, merge_trees, split_adapters
 from jax_tinyr1.model.registry import type_of
 from jax_tinyr1.model.sharding import state_shardings
 
@@ -142,13 +143,17 @@ def save_pretrained(directory: Path, model, **extra) -> None:
         save_model_config(directory, model.config, **extra)
 
 
-def load_pretrained(checkpoint_dir, *, mesh: Mesh | None = None, config=None, **config_overrides):
+def load_pretrained(
+    checkpoint_dir, *, mesh: Mesh | None = None, config=None, adapter_seed: int = 0, **config_overrides
+):
     """(model, config) from a directory written by `save_pretrained` or the converter.
 
     Parameters are placed per the sharding rules on `mesh` when given, else on the
     default device. `config` replaces the stored config (a `ModelSpec` passes the run's
     numerics this way; parameters are cast to its `param_dtype`), `config_overrides`
-    replace top-level fields; shapes must stay those of the checkpoint.
+    replace top-level fields; shapes must stay those of the checkpoint. Adapters that
+    `config` asks for and the checkpoint does not hold (a LoRA run from a plain model)
+    start as LoRA starts them, drawn from `adapter_seed`.
     """
     stored, _ = load_model_config(checkpoint_dir)
     config = stored if config is None else config
@@ -159,6 +164,9 @@ def load_pretrained(checkpoint_dir, *, mesh: Mesh | None = None, config=None, **
     if config_overrides:
         config = dataclasses.replace(config, **config_overrides)
     model = abstract_model(config)
+    fresh_adapters = has_adapters(config) and not has_adapters(stored)
+    if fresh_adapters:
+        model.init_adapters(nnx.Rngs(adapter_seed))  # real arrays in the otherwise abstract model
     state = nnx.state(model, nnx.Param)
     if mesh is None:
         device = SingleDeviceSharding(jax.local_devices()[0])
@@ -168,7 +176,14 @@ def load_pretrained(checkpoint_dir, *, mesh: Mesh | None = None, config=None, **
     abstract = jax.tree.map(
         lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), nnx.to_pure_dict(state), shardings
     )
-    params = restore_params(checkpoint_dir, abstract)
+    if fresh_adapters:
+        abstract, _ = split_adapters(abstract)
+        adapters = split_adapters(nnx.to_pure_dict(state))[1]
+        params = merge_trees(
+            restore_params(checkpoint_dir, abstract), jax.device_put(adapters, split_adapters(shardings)[1])
+        )
+    else:
+        params = restore_params(checkpoint_dir, abstract)
     nnx.replace_by_pure_dict(state, params)
     nnx.update(model, state)
     return model, config

@@ -20,7 +20,8 @@ import numpy as np
 from flax import nnx
 
 from jax_tinyr1.model.layers import DTYPES, dense, layer_norm, stacked_param
-from jax_tinyr1.model.validation import require_dtypes, require_positive_ints
+from jax_tinyr1.model.lora import ADAPTERS, CONNECTOR_TARGETS, adapted, adapter_params, scale
+from jax_tinyr1.model.validation import require_dtype, require_dtypes, require_positive_ints
 
 NORM_EPS = 1e-5  # torch.nn.LayerNorm default, used throughout the resampler
 
@@ -37,6 +38,10 @@ class ConnectorConfig:
     ff_mult: int = 4
     param_dtype: str = "float32"
     dtype: str = "float32"
+    # Low-rank adapters (model/lora.py) on every linear map; rank 0: none.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_param_dtype: str = "float32"
 
     def __post_init__(self):
         require_positive_ints(
@@ -53,6 +58,9 @@ class ConnectorConfig:
             ),
         )
         require_dtypes(self)
+        require_dtype("ConnectorConfig.lora_param_dtype", self.lora_param_dtype)
+        if self.lora_rank < 0:
+            raise ValueError(f"ConnectorConfig.lora_rank must be >= 0, got {self.lora_rank}")
         if self.num_queries % self.groups:
             raise ValueError(f"ConnectorConfig.num_queries {self.num_queries} not divisible by groups {self.groups}")
         if self.hidden_size % 2:
@@ -65,6 +73,10 @@ class ConnectorConfig:
     @property
     def inner_dim(self) -> int:
         return self.heads * self.dim_head
+
+    @property
+    def lora_scale(self) -> float:
+        return scale(self.lora_alpha, self.lora_rank) if self.lora_rank else 0.0
 
 
 def sinusoidal_table(length: int, dim: int) -> np.ndarray:
@@ -96,10 +108,14 @@ def _perceiver_layer(config: ConnectorConfig, p, media_bupd, media_valid_up, lat
     """One [attention + residual, feed-forward + residual] step on every group at once."""
     b, g, q_len, _ = latents_buqd.shape
     h, dh = config.heads, config.dim_head
+
+    def project(name, x):  # with its adapter when there is one
+        return adapted(dense, x, p[name], None, p, name, config.lora_scale)
+
     media = layer_norm(media_bupd, p["norm_media_scale"], p["norm_media_bias"], NORM_EPS)
     lat = layer_norm(latents_buqd, p["norm_latents_scale"], p["norm_latents_bias"], NORM_EPS)
-    q = dense(lat, p["to_q"]) * dh**-0.5
-    kv = dense(jnp.concatenate([media, lat], axis=2), p["to_kv"])
+    q = project("to_q", lat) * dh**-0.5
+    kv = project("to_kv", jnp.concatenate([media, lat], axis=2))
     k, v = kv[..., : config.inner_dim], kv[..., config.inner_dim :]
 
     def heads(x):  # [B, U, J, (h d)] -> [B, U, h, J, d]
@@ -111,10 +127,10 @@ def _perceiver_layer(config: ConnectorConfig, p, media_bupd, media_valid_up, lat
     sim = jnp.where(key_valid[None, :, None, None, :], sim, -jnp.inf)
     attn = jax.nn.softmax(sim.astype(jnp.float32), axis=-1).astype(sim.dtype)
     out = jnp.einsum("bghij,bghjd->bghid", attn, heads(v)).transpose(0, 1, 3, 2, 4).reshape(b, g, q_len, -1)
-    latents_buqd = latents_buqd + dense(out, p["to_out"])
+    latents_buqd = latents_buqd + project("to_out", out)
 
     y = layer_norm(latents_buqd, p["ff_norm_scale"], p["ff_norm_bias"], NORM_EPS)
-    y = dense(jax.nn.gelu(dense(y, p["ff_in"]), approximate=False), p["ff_out"])
+    y = project("ff_out", jax.nn.gelu(project("ff_in", y), approximate=False))
     return latents_buqd + y
 
 
@@ -147,12 +163,38 @@ class GroupResampler(nnx.Module):
         self.layers = nnx.Dict({k: stacked_param(rngs, L, s, a, f, pd) for k, (s, a, f) in spec.items()})
         self.norm_scale = nnx.Param(ones(rngs.params(), (d,), pd), axes=("norm",))
         self.norm_bias = nnx.Param(zeros(rngs.params(), (d,), pd), axes=("norm",))
+        self.init_adapters(rngs)
+
+    def init_adapters(self, rngs: nnx.Rngs) -> None:
+        """(Re)create the adapters of every linear map as LoRA starts them (B = 0)."""
+        c = self.config
+        if not c.lora_rank:
+            return
+        dtype = DTYPES[c.lora_param_dtype]
+        stacked = {name: self.layers[name] for name in CONNECTOR_TARGETS[1:]}
+        stacked = {name: (k.get_value().shape, k.axes[1:]) for name, k in stacked.items()}
+        lora = adapter_params(rngs, stacked, c.lora_rank, dtype, stacked=True)
+        linear = {"linear": (self.linear_kernel.get_value().shape, self.linear_kernel.axes)}
+        lora.update(adapter_params(rngs, linear, c.lora_rank, dtype, stacked=False))
+        setattr(self, ADAPTERS, nnx.Dict(lora))
+
+    def adapters(self) -> dict[str, nnx.Param]:
+        return dict(getattr(self, ADAPTERS).items()) if self.config.lora_rank else {}
 
     def __call__(self, features_bpe: jax.Array) -> jax.Array:
         """Vision features [B, P, E] -> visual tokens [B, M, D] (M = num_queries)."""
         c = self.config
         dtype = DTYPES[c.dtype]
-        x_bpd = dense(features_bpe.astype(dtype), self.linear_kernel[...], self.linear_bias[...])
+        adapters = {name: var[...] for name, var in self.adapters().items()}
+        x_bpd = adapted(
+            dense,
+            features_bpe.astype(dtype),
+            self.linear_kernel[...],
+            self.linear_bias[...],
+            adapters,
+            "linear",
+            c.lora_scale,
+        )
         b, s, d = x_bpd.shape
         slices = group_slices(s, c.groups)
         longest = max(end - start for start, end in slices)
@@ -162,6 +204,7 @@ class GroupResampler(nnx.Module):
         media = x_bpd[:, index_up]
         latents = jnp.broadcast_to(self.latents[...].astype(dtype), (b, c.groups, c.latents_per_group, d))
         params = {name: var[...] for name, var in self.layers.items()}
+        params.update({name: v for name, v in adapters.items() if not name.startswith("linear_")})  # stacked ones
         latents, _ = jax.lax.scan(
             lambda lat, p: (_perceiver_layer(c, p, media, jnp.asarray(valid_gm), lat), None), latents, params
         )

@@ -26,8 +26,9 @@ from jax_tinyr1.model.layers import (
     rms_norm,
     stacked_param,
 )
+from jax_tinyr1.model.lora import ADAPTERS, LLM_TARGETS, adapted, adapter_params, row_dropout, scale
 from jax_tinyr1.model.sharding import constrain_batch
-from jax_tinyr1.model.validation import require_dtypes, require_positive_ints
+from jax_tinyr1.model.validation import require_dtype, require_dtypes, require_positive_ints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,12 @@ class Qwen2Config:
     remat: bool = False  # rematerialize the layer body in the backward pass
     remat_policy: str = "nothing_saveable"  # what the backward pass keeps of each layer (REMAT_POLICIES)
     scan_unroll: int = 1  # layers per scan iteration (1: one compiled body; num_layers: fully unrolled)
+    # Low-rank adapters (model/lora.py) on these projections of every layer; rank 0: none.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0  # applied when the forward pass is given dropout keys (the update)
+    lora_targets: tuple[str, ...] = ()
+    lora_param_dtype: str = "float32"  # the adapters' own (trained) dtype
 
     def __post_init__(self):
         require_positive_ints(
@@ -69,6 +76,13 @@ class Qwen2Config:
         if self.head_dim % 2:
             raise ValueError(f"Qwen2Config.head_dim must be even for RoPE, got {self.head_dim}")
         require_dtypes(self)
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))  # a JSON list comes back a tuple
+        if self.lora_rank < 0 or (self.lora_rank > 0) != bool(self.lora_targets):
+            raise ValueError("Qwen2Config: lora_rank > 0 and lora_targets go together")
+        unknown = sorted(set(self.lora_targets) - set(LLM_TARGETS))
+        if unknown:
+            raise ValueError(f"Qwen2Config.lora_targets: unknown {unknown}; known {list(LLM_TARGETS)}")
+        require_dtype("Qwen2Config.lora_param_dtype", self.lora_param_dtype)
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy must be one of {sorted(REMAT_POLICIES)}, got {self.remat_policy!r}")
 
@@ -175,31 +189,37 @@ FEATURE_MAJOR = Layout(
 )
 
 
-def decoder_layer(config: Qwen2Config, p: dict[str, jax.Array], x, cos, sin, attend, layout: Layout = TOKEN_MAJOR):
+def decoder_layer(
+    config: Qwen2Config, p: dict[str, jax.Array], x, cos, sin, attend, layout: Layout = TOKEN_MAJOR, dropout=None
+):
     """One decoder layer, the only place its maths is written: RMSNorm -> q/k/v (+ bias) ->
-    RoPE -> `attend` -> o -> residual; RMSNorm -> SwiGLU -> residual.
+    RoPE -> `attend` -> o -> residual; RMSNorm -> SwiGLU -> residual. A projection with an
+    adapter in `p` (NAME_lora_a/b) adds its low-rank term (model/lora.py); `dropout(target)`,
+    when given, is the dropout of that projection's adapter input.
 
     `attend(q_btnh, k_btkh, v_btkh) -> (out_btnh, extra)` runs the attention (and writes a
     cache when there is one); `extra` is returned beside the new activations."""
     n, k, h, eps = config.num_heads, config.num_kv_heads, config.head_dim, config.rms_norm_eps
+    lora_scale = scale(config.lora_alpha, config.lora_rank) if config.lora_rank else 0.0
+
+    def project(target, y, bias=None):
+        drop = None if dropout is None else dropout(target)
+        return adapted(layout.project, y, p[f"{target}_kernel"], bias, p, target, lora_scale, drop)
+
     y = rms_norm(x, p["input_norm"], eps, axis=layout.feature_axis)
     # The names are what a remat policy may keep (REMAT_POLICIES); outside remat they do nothing.
-    q = apply_rope(
-        layout.split_heads(checkpoint_name(layout.project(y, p["q_kernel"], p["q_bias"]), "q_proj"), n, h), cos, sin
-    )
-    key = apply_rope(
-        layout.split_heads(checkpoint_name(layout.project(y, p["k_kernel"], p["k_bias"]), "k_proj"), k, h), cos, sin
-    )
-    val = layout.split_heads(checkpoint_name(layout.project(y, p["v_kernel"], p["v_bias"]), "v_proj"), k, h)
+    q = apply_rope(layout.split_heads(checkpoint_name(project("q", y, p["q_bias"]), "q_proj"), n, h), cos, sin)
+    key = apply_rope(layout.split_heads(checkpoint_name(project("k", y, p["k_bias"]), "k_proj"), k, h), cos, sin)
+    val = layout.split_heads(checkpoint_name(project("v", y, p["v_bias"]), "v_proj"), k, h)
     attn, extra = attend(q, key, val)
     attn = checkpoint_name(attn, "attention")
-    x = x + layout.project(layout.merge_heads(attn), p["o_kernel"])
+    x = x + project("o", layout.merge_heads(attn))
     y = rms_norm(x, p["post_attention_norm"], eps, axis=layout.feature_axis)
-    gated = jax.nn.silu(layout.project(y, p["gate_kernel"])) * layout.project(y, p["up_kernel"])
-    return x + layout.project(gated, p["down_kernel"]), extra
+    gated = jax.nn.silu(project("gate", y)) * project("up", y)
+    return x + project("down", gated), extra
 
 
-def _scanned_layer(config: Qwen2Config, p: dict[str, jax.Array], x_btd, cos, sin, mask_b1ts, kv):
+def _scanned_layer(config: Qwen2Config, p: dict[str, jax.Array], x_btd, cos, sin, mask_b1ts, kv, dropout=None):
     """One step of the layer scan. `kv` is None (no cache) or (k_bksh, v_bksh, write_index)."""
     scale = config.head_dim**-0.5
 
@@ -213,7 +233,7 @@ def _scanned_layer(config: Qwen2Config, p: dict[str, jax.Array], x_btd, cos, sin
         out = cached_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask_b1ts, scale)
         return out, (k_cache, v_cache)
 
-    x_btd, new_kv = decoder_layer(config, p, constrain_batch(x_btd), cos, sin, attend)
+    x_btd, new_kv = decoder_layer(config, p, constrain_batch(x_btd), cos, sin, attend, dropout=dropout)
     return constrain_batch(x_btd), new_kv
 
 
@@ -246,11 +266,25 @@ class Qwen2ForCausalLM(nnx.Module):
         self.layers = nnx.Dict(
             {name: stacked_param(rngs, L, shape, axes, fn, pd) for name, (shape, axes, fn) in spec.items()}
         )
+        self.init_adapters(rngs)
         self.final_norm = nnx.Param(ones(rngs.params(), (d,), pd), axes=("norm",))
         if not c.tie_word_embeddings:
             self.lm_head = nnx.Param(init(rngs.params(), (d, c.vocab_size), pd), axes=("embed", "vocab"))
 
+    def init_adapters(self, rngs: nnx.Rngs) -> None:
+        """(Re)create the adapters of `lora_targets` as LoRA starts them (B = 0)."""
+        c = self.config
+        if c.lora_rank:
+            kernels = {t: self.layers[f"{t}_kernel"] for t in c.lora_targets}
+            kernels = {t: (k.get_value().shape, k.axes[1:]) for t, k in kernels.items()}
+            lora = adapter_params(rngs, kernels, c.lora_rank, DTYPES[c.lora_param_dtype], stacked=True)
+            setattr(self, ADAPTERS, nnx.Dict(lora))
+
     # -- pieces --------------------------------------------------------------------------
+    def adapters(self) -> dict[str, nnx.Param]:
+        """The stacked adapters (NAME_lora_a [L, in, r], NAME_lora_b [L, r, out]); none without LoRA."""
+        return dict(getattr(self, ADAPTERS).items()) if self.config.lora_rank else {}
+
     def embed_tokens(self, input_ids_bt: jax.Array) -> jax.Array:
         return jnp.take(self.embed[...], input_ids_bt, axis=0).astype(DTYPES[self.config.dtype])
 
@@ -270,12 +304,15 @@ class Qwen2ForCausalLM(nnx.Module):
         inputs_embeds: jax.Array | None = None,
         positions: jax.Array | None = None,
         cache: KVCache | None = None,
+        dropout_keys: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Final-norm hidden states [B, T, D] (and the updated cache when one is given).
 
         `attention_mask` [B, T] is 1 for real tokens (right padding is 0). `positions`
         default to 0..T-1 (or cache.index.. when decoding). With a cache, the T new tokens
         are written at slots [index, index + T) and attend to every valid earlier slot.
+        `dropout_keys` (key data [B, 2]), when given and `lora_dropout` > 0, drop the adapters'
+        inputs (the update's forward pass).
         """
         c = self.config
         if (input_ids is None) == (inputs_embeds is None):
@@ -296,17 +333,28 @@ class Qwen2ForCausalLM(nnx.Module):
             valid = jax.lax.dynamic_update_slice(cache.valid_bs, attention_mask, (0, start))
             mask = causal_attention_mask(attention_mask, valid, start)
 
+        with_dropout = dropout_keys is not None and c.lora_rank > 0 and c.lora_dropout > 0
+
         def body(x, layer):
-            p, kv = layer
+            p, kv, index = layer
             p = {name: from_bit_patterns(v, DTYPES[c.param_dtype]) for name, v in p.items()}  # one layer's
             kv = None if kv is None else (*kv, start)
-            return _scanned_layer(c, p, x, cos, sin, mask, kv)
+            dropout = None
+            if with_dropout:  # one mask stream per layer and projection
+
+                def dropout(target):
+                    stream = index * len(LLM_TARGETS) + LLM_TARGETS.index(target)
+                    return row_dropout(dropout_keys, c.lora_dropout, stream)
+
+            return _scanned_layer(c, p, x, cos, sin, mask, kv, dropout)
 
         if c.remat:
             body = jax.checkpoint(body, prevent_cse=False, policy=REMAT_POLICIES[c.remat_policy])
         params = {name: var[...] for name, var in self.layers.items()}
+        params.update({name: var[...] for name, var in self.adapters().items()})
         kv_in = None if cache is None else (cache.k_lbksh, cache.v_lbksh)
-        x_btd, kv_out = jax.lax.scan(body, x_btd, (params, kv_in), unroll=c.scan_unroll)
+        layer_index = jnp.arange(c.num_layers, dtype=jnp.int32)
+        x_btd, kv_out = jax.lax.scan(body, x_btd, (params, kv_in, layer_index), unroll=c.scan_unroll)
         h_btd = rms_norm(x_btd, self.final_norm[...], c.rms_norm_eps)
         if cache is None:
             return h_btd, None

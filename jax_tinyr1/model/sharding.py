@@ -34,6 +34,7 @@ LOGICAL_RULES: dict[str, str | None] = {
     "positions": None,
     "latents": None,
     "conv_in": None,
+    "lora_rank": None,  # the adapters' small inner dimension (model/lora.py)
 }
 
 

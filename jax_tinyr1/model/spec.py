@@ -15,6 +15,7 @@ from pathlib import Path
 from jax_tinyr1.cli import ConfigError
 from jax_tinyr1.model.checkpoint import build_model, load_pretrained
 from jax_tinyr1.model.config_io import CONFIG_FILE, load_model_config
+from jax_tinyr1.model.lora import LoraConfig, has_adapters, same_adapters
 from jax_tinyr1.model.presets import get_preset
 from jax_tinyr1.model.qwen2 import REMAT_POLICIES
 from jax_tinyr1.model.registry import type_of
@@ -69,33 +70,53 @@ class ModelSpec:
             raise ConfigError(f"model.preset: {preset!r} is not a TinyLLaVA-Video preset")
         return config
 
-    def apply(self, config: TinyLlavaConfig) -> TinyLlavaConfig:
-        numerics = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+    def apply(self, config: TinyLlavaConfig, lora: LoraConfig = LoraConfig()) -> TinyLlavaConfig:
+        """The run's numerics on `config`; with `lora`, adapters of their own dtype
+        (`param_dtype`) on a frozen base held in the compute dtype (no float32 copy of what
+        does not train), the connector trained in full in `param_dtype` when it trains."""
+        master = {"dtype": self.dtype, "param_dtype": self.param_dtype}
+        frozen = {"dtype": self.dtype, "param_dtype": self.dtype} if lora.enabled else master
+        llm_lora, connector_lora = {}, {}
+        if lora.enabled:
+            adapter = {"lora_rank": lora.rank, "lora_alpha": lora.alpha, "lora_param_dtype": self.param_dtype}
+            llm_lora = {**adapter, "lora_dropout": lora.dropout, "lora_targets": tuple(lora.targets)}
+            connector_lora = adapter if lora.connector == "lora" else {}
         return dataclasses.replace(
             config,
             llm=dataclasses.replace(
                 config.llm,
-                **numerics,
+                **frozen,
+                **llm_lora,
                 remat=self.remat,
                 remat_policy=self.effective_remat_policy,
                 scan_unroll=self.scan_unroll,
             ),
-            vision=dataclasses.replace(config.vision, **numerics),
-            connector=dataclasses.replace(config.connector, **numerics),
+            vision=dataclasses.replace(config.vision, **frozen),
+            connector=dataclasses.replace(
+                config.connector, **(master if lora.connector == "full" else frozen), **connector_lora
+            ),
         )
 
     @property
     def effective_remat_policy(self) -> str:
         return self.remat_policy or DEFAULT_REMAT_POLICY
 
-    def resolve(self) -> TinyLlavaConfig:
-        return self.apply(self.source_config())
+    def resolve(self, lora: LoraConfig = LoraConfig()) -> TinyLlavaConfig:
+        source = self.source_config()
+        if has_adapters(source) and not (lora.enabled and same_adapters(source, self.apply(source, lora))):
+            raise ConfigError(
+                f"model.checkpoint: {self.checkpoint} holds LoRA adapters (rank {source.llm.lora_rank}, targets "
+                f"{list(source.llm.lora_targets)}); a run from it sets the same lora section, or starts from the "
+                "merged model (checkpoints_convert.flax_to_hf --merge-lora, then hf_to_flax)"
+            )
+        return self.apply(source, lora)
 
-    def build(self, *, seed: int = 0, mesh=None):
-        """(model, config): the checkpoint's weights (cast to `param_dtype`) or a random init."""
-        config = self.resolve()
+    def build(self, *, seed: int = 0, mesh=None, lora: LoraConfig = LoraConfig()):
+        """(model, config): the checkpoint's weights (cast to `param_dtype`) or a random init;
+        adapters the checkpoint does not hold start as LoRA starts (B = 0), from `seed`."""
+        config = self.resolve(lora)
         if self.checkpoint:
-            model, _ = load_pretrained(self.checkpoint, mesh=mesh, config=config)
+            model, _ = load_pretrained(self.checkpoint, mesh=mesh, config=config, adapter_seed=seed)
             return model, config
         return build_model(config, seed=seed), config
 

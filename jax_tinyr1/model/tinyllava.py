@@ -84,6 +84,11 @@ class TinyLlavaVideo(nnx.Module):
         self.connector = GroupResampler(config.connector, rngs=rngs)
         self.llm = Qwen2ForCausalLM(config.llm, rngs=rngs)
 
+    def init_adapters(self, rngs: nnx.Rngs) -> None:
+        """(Re)create the adapters of the language model and the connector (model/lora.py)."""
+        self.llm.init_adapters(rngs)
+        self.connector.init_adapters(rngs)
+
     def vision_features(self, pixels_bfyx3: jax.Array) -> jax.Array:
         """Preprocessed frames [B, F, Y, X, 3] -> the vision tower's features of every frame,
         laid end to end [B, P, E] (P = F x patches per frame)."""

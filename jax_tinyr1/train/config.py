@@ -11,6 +11,7 @@ validates its own values:
     objective  ObjectiveConfig  (grpo/loss.py: beta, clip, aggregation, advantages)             GRPO only
     sampling   SamplingConfig   (generate/sampling.py)                                          GRPO only
     reward     RewardConfig     (rewards/combined.py)                                           GRPO only
+    lora       LoraConfig       (model/lora.py: rank, alpha, dropout, targets, connector)        GRPO only
     optimizer  OptimizerConfig  (update/optimizer.py)
     run        RunSection       (this file: output, checkpoints, seed)
     mesh       MeshSection      (this file)
@@ -36,10 +37,12 @@ from jax_tinyr1.derived import DERIVED
 from jax_tinyr1.generate.sampling import SamplingConfig
 from jax_tinyr1.grpo.config import GRPOConfig
 from jax_tinyr1.grpo.loss import ObjectiveConfig
+from jax_tinyr1.model.lora import LoraConfig
 from jax_tinyr1.model.spec import ModelSpec
 from jax_tinyr1.rewards import RewardConfig
 from jax_tinyr1.sft.objective import SFTConfig
 from jax_tinyr1.update.optimizer import OptimizerConfig
+from jax_tinyr1.update.params import ADAPTER_PARTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +90,7 @@ class TrainConfig:
     objective: ObjectiveConfig = ObjectiveConfig()
     sampling: SamplingConfig = SamplingConfig()
     reward: RewardConfig = RewardConfig()
+    lora: LoraConfig = LoraConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     run: RunSection = RunSection()
     mesh: MeshSection = MeshSection()
@@ -95,7 +99,7 @@ class TrainConfig:
 # The sections each stage reads; a section of the other stage in its config is an error.
 STAGE_SECTIONS = {
     "sft": ("model", "data", "sft", "optimizer", "run", "mesh"),
-    "grpo": ("model", "data", "grpo", "objective", "sampling", "reward", "optimizer", "run", "mesh"),
+    "grpo": ("model", "data", "grpo", "objective", "sampling", "reward", "lora", "optimizer", "run", "mesh"),
 }
 
 
@@ -192,6 +196,30 @@ def _check_stage(values: dict[str, Any], config: TrainConfig, stage: str) -> Non
             raise ConfigError("grpo.reference_dtype: objective.beta is 0, so there is no reference model")
         if "response_tokens" in values.get("data", {}):
             raise ConfigError("data.response_tokens: the length of SFT responses; GRPO samples its completions")
+        _check_lora(values, config)
+
+
+def _check_lora(values: dict[str, Any], config: TrainConfig) -> None:
+    """The lora section decides what trains; keys it would leave unread are errors."""
+    lora, given = config.lora, values.get("lora", {})
+    if not lora.enabled:
+        unread = sorted(set(given) - {"rank"})
+        if unread:
+            raise ConfigError(f"lora.{unread[0]}: lora.rank is 0, so there are no adapters")
+        adapter_parts = sorted(set(config.grpo.trainable) & set(ADAPTER_PARTS))
+        if adapter_parts:
+            raise ConfigError(f"grpo.trainable: {adapter_parts} are set by the lora section (lora.rank > 0)")
+        return
+    if "trainable" in values.get("grpo", {}):
+        raise ConfigError(
+            "grpo.trainable: with lora.rank > 0 the adapters train, and the connector as lora.connector says"
+        )
+    copies_connector = lora.connector == "full"
+    if "reference_dtype" in values.get("grpo", {}) and not copies_connector:
+        raise ConfigError(
+            f"grpo.reference_dtype: with lora.connector={lora.connector} the reference is the base model with the "
+            "adapters off; it keeps no copy of its own"
+        )
 
 
 BASE_KEY = "base"  # a config file's parent: a path relative to the file; the file holds what differs
@@ -274,8 +302,10 @@ def sft_config(config: TrainConfig, total_steps: int) -> SFTConfig:
 def grpo_config(config: TrainConfig, total_steps: int, *, eos: int, pad: int) -> GRPOConfig:
     """The GRPO update's config: the grpo section with the objective, sampling and optimizer
     sections it composes."""
+    trainable = config.lora.trainable_parts() if config.lora.enabled else config.grpo.trainable
     return dataclasses.replace(
         config.grpo,
+        trainable=trainable,
         objective=config.objective,
         sampling=dataclasses.replace(config.sampling, eos_id=eos, pad_id=pad),
         optimizer=dataclasses.replace(config.optimizer, total_steps=total_steps),

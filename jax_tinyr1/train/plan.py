@@ -41,13 +41,14 @@ from jax_tinyr1.grpo import update as grpo_update
 from jax_tinyr1.grpo.trainer import rollout_program
 from jax_tinyr1.model import abstract_model
 from jax_tinyr1.model.layers import DTYPES
+from jax_tinyr1.model.lora import split_adapters
 from jax_tinyr1.model.sharding import batch_sharding, make_mesh
 from jax_tinyr1.sft import objective as sft_objective
 from jax_tinyr1.train.config import ConfigError, TrainConfig, grpo_config, sft_config
 from jax_tinyr1.train.flops import jaxpr_matmul_flops
 from jax_tinyr1.train.gpu_target import JAX_DEFAULT_MEM_FRACTION, compile_only_devices, resolve_target
 from jax_tinyr1.update.optimizer import make_optimizer, opt_state_shardings
-from jax_tinyr1.update.params import encode_program, param_shardings
+from jax_tinyr1.update.params import drop, encode_program, param_shardings, take
 
 GIB = 1024**3
 PLAN_DEVICES_FLAG = "--xla_force_host_platform_device_count"
@@ -169,7 +170,7 @@ def plan_run(config: TrainConfig, *, stage: str, devices, processes: int = 1) ->
     `processes` processes, each with its `data.batch_size`); nothing is allocated."""
     sft = stage == "sft"
     _compile = functools.partial(_compile_one, devices=devices)
-    model_config = config.model.resolve()
+    model_config = config.model.resolve(config.lora)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
     # The trainer's own config (the step count only shapes the learning-rate schedule).
     stage_config = sft_config(config, 1000) if sft else grpo_config(config, 1000, eos=0, pad=0)
@@ -186,22 +187,21 @@ def plan_run(config: TrainConfig, *, stage: str, devices, processes: int = 1) ->
     graphdef, state = nnx.split(model)
     pure = nnx.to_pure_dict(nnx.state(model))
     trainable_parts = stage_config.trainable
-    frozen_parts = tuple(k for k in pure if k not in trainable_parts)
     shard = {
         "trainable": param_shardings(state, mesh, trainable_parts),
-        "frozen": param_shardings(state, mesh, frozen_parts),
+        "frozen": param_shardings(state, mesh, trainable_parts, frozen=True),
     }
-    trainable = _abstract({k: pure[k] for k in trainable_parts}, shard["trainable"])
-    frozen = _abstract({k: pure[k] for k in frozen_parts}, shard["frozen"])
+    trainable = _abstract(take(pure, trainable_parts), shard["trainable"])
+    frozen = _abstract(drop(pure, trainable_parts), shard["frozen"])
     optimizer = make_optimizer(stage_config.optimizer)
     opt_abstract = jax.eval_shape(optimizer.init, trainable)
     shard["opt_state"] = opt_state_shardings(optimizer, opt_abstract, shard["trainable"], mesh)
     opt_state = _abstract(opt_abstract, shard["opt_state"])
     with_reference = not sft and stage_config.objective.beta != 0
-    reference = (
+    reference = (  # what the reference keeps of its own (grpo.trainer.reference_copy: no adapters)
         jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, DTYPES[stage_config.reference_dtype], sharding=x.sharding),
-            trainable,
+            split_adapters(trainable)[0],
         )
         if with_reference
         else None
@@ -270,17 +270,26 @@ def plan_run(config: TrainConfig, *, stage: str, devices, processes: int = 1) ->
                 advantages=spec((rows,), jnp.float32),
                 old_logps=completion if grpo.updates_per_rollout > 1 else None,
                 ref_logps=completion if with_reference else None,
+                dropout_keys=spec((rows, 2), jnp.uint32) if model_config.llm.lora_dropout else None,
             )
             logps = grpo_update.make_logps(graphdef, grpo)
-            # (name, the weights scored, what else stays on the device meanwhile)
-            scorings = []
             if with_reference:
-                name = f"reference log-probs ({grpo.reference_dtype} weights)"
-                scorings.append((name, reference, sizes["trainable"] + sizes["opt_state"]))
+                copied = f"{grpo.reference_dtype} weights" if jax.tree.leaves(reference) else "no copy"
+                name = f"reference log-probs ({copied})" + (", adapters off" if split_adapters(trainable)[1] else "")
+                program = grpo_update.make_reference_logps(graphdef, grpo)
+                plans.append(
+                    _compile(name, program, (reference, trainable, frozen, batch), runs=1, resident=sizes["opt_state"])
+                )
             if grpo.updates_per_rollout > 1:
-                scorings.append(("old-policy log-probs", trainable, sizes["opt_state"] + sizes["reference"]))
-            for name, weights, resident in scorings:
-                plans.append(_compile(name, logps, (weights, frozen, batch), runs=1, resident=resident))
+                plans.append(
+                    _compile(
+                        "old-policy log-probs",
+                        logps,
+                        (trainable, frozen, batch),
+                        runs=1,
+                        resident=sizes["opt_state"] + sizes["reference"],
+                    )
+                )
             update = grpo_update.make_grpo_update(graphdef, grpo, optimizer)
         batch_shard = type(batch)(*(None if x is None else x.sharding for x in batch))
         plans.append(

@@ -82,6 +82,7 @@ def effective_settings(config: TrainConfig, mesh) -> dict[str, Any]:
         **config.model.settings(),
         "optimizer_state_dtype": config.optimizer.state_dtype,
         "reference_dtype": config.grpo.reference_dtype,
+        "lora": dataclasses.asdict(config.lora) if config.lora.enabled else False,
         "mesh": {"data": m.data, "fsdp": m.fsdp, "tensor": m.tensor},
         "devices": f"{mesh.devices.size} of {jax.device_count()} {jax.default_backend()}",
         "processes": jax.process_count(),
@@ -223,7 +224,7 @@ def train(config: TrainConfig, *, stage: str) -> Path:
             "tokenizer, which hf_to_flax writes)"
         )
     tokenizer = load_tokenizer(tokenizer_dir)
-    model_config = config.model.resolve()
+    model_config = config.model.resolve(config.lora)
     policy = BadInputPolicy(config.data.bad_input)
     records = spec.read_records(annotations, policy)
     d = config.data
@@ -253,7 +254,7 @@ def train(config: TrainConfig, *, stage: str) -> Path:
         (out / "run_config.json").write_text(
             json.dumps({"stage": stage, "config": to_dict(config), "effective": settings}, indent=2)
         )
-    model, _ = config.model.build(seed=config.run.seed)
+    model, _ = config.model.build(seed=config.run.seed, lora=config.lora)
     loader = VideoQALoader(
         records, root, tokenizer, loader_config, process_index=jax.process_index(), process_count=jax.process_count()
     )

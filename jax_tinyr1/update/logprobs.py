@@ -13,7 +13,7 @@ from jax_tinyr1.generate.sampler import left_align
 from jax_tinyr1.model.layers import dense
 from jax_tinyr1.model.sharding import constrain_batch
 from jax_tinyr1.model.tinyllava import TinyLlavaVideo
-from jax_tinyr1.update.params import visual_tokens
+from jax_tinyr1.update.params import merge_params, visual_tokens
 
 
 def chunked_token_logps(
@@ -61,9 +61,11 @@ def completion_logps(
     *,
     temperature: float,
     chunk: int,
+    dropout_keys=None,
 ):
     """Log-probs [R, T] (and entropies) of the completion tokens under `model`: the prompt
-    (visual tokens spliced in) left-aligned as the sampler has it, then the completion."""
+    (visual tokens spliced in) left-aligned as the sampler has it, then the completion.
+    `dropout_keys` [R, 2]: the adapters' dropout (model/lora.py), for the update only."""
     embeds, mask = model.embed_inputs(prompt_ids_rt, prompt_mask_rt, visual_rmd)
     embeds, mask, positions = left_align(embeds, mask)
     p, n = embeds.shape[1], tokens_rt.shape[1]
@@ -71,17 +73,21 @@ def completion_logps(
     full = jnp.concatenate([embeds, model.llm.embed_tokens(tokens_rt)], axis=1)
     full_mask = jnp.concatenate([mask, completion_mask_rt.astype(mask.dtype)], axis=1)
     full_positions = jnp.concatenate([positions, lengths[:, None] + jnp.arange(n)[None, :]], axis=1)
-    h, _ = model.llm.hidden_states(inputs_embeds=full, attention_mask=full_mask, positions=full_positions)
+    h, _ = model.llm.hidden_states(
+        inputs_embeds=full, attention_mask=full_mask, positions=full_positions, dropout_keys=dropout_keys
+    )
     # The hidden state at slot p - 1 + j predicts completion token j.
     return chunked_token_logps(
         h[:, p - 1 : p - 1 + n], model.llm.output_embedding(), tokens_rt, temperature=temperature, chunk=chunk
     )
 
 
-def policy_logps(graphdef, trainable, frozen, batch, trainable_parts, *, temperature: float, chunk: int):
+def policy_logps(
+    graphdef, trainable, frozen, batch, trainable_parts, *, temperature: float, chunk: int, dropout_keys=None
+):
     """`completion_logps` of a batch (fields prompt_ids, prompt_mask, vision_input, tokens,
     completion_mask) under the model the parameters make."""
-    model = nnx.merge(graphdef, {**frozen, **trainable})
+    model = nnx.merge(graphdef, merge_params(frozen, trainable))
     visual = visual_tokens(model, batch.vision_input, trainable_parts, batch.prompt_ids.shape[0])
     return completion_logps(
         model,
@@ -92,4 +98,5 @@ def policy_logps(graphdef, trainable, frozen, batch, trainable_parts, *, tempera
         batch.completion_mask,
         temperature=temperature,
         chunk=chunk,
+        dropout_keys=dropout_keys,
     )

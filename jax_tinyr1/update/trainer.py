@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 from jax_tinyr1.model.sharding import batch_shardings, make_mesh
 from jax_tinyr1.update import multihost
 from jax_tinyr1.update.optimizer import OptimizerConfig, make_optimizer, opt_state_shardings
-from jax_tinyr1.update.params import encode_program, param_shardings, split_params
+from jax_tinyr1.update.params import encode_program, merge_params, param_shardings, split_params
 from jax_tinyr1.update.step import jit_update
 
 
@@ -37,7 +37,7 @@ class Trainer:
         self.graphdef, trainable_params, frozen = split_params(model, trainable)
         self.shardings = {
             "trainable": param_shardings(state, self.mesh, trainable),
-            "frozen": param_shardings(state, self.mesh, tuple(frozen)),
+            "frozen": param_shardings(state, self.mesh, trainable, frozen=True),
         }
         self.trainable = jax.device_put(trainable_params, self.shardings["trainable"])
         self.frozen = jax.device_put(frozen, self.shardings["frozen"])
@@ -55,7 +55,7 @@ class Trainer:
 
     def model_params(self) -> dict:
         """The whole model's parameter tree: trainable and frozen parts together."""
-        return {**self.frozen, **self.trainable}
+        return merge_params(self.frozen, self.trainable)
 
     def model(self) -> nnx.Module:
         """The whole model with the current parameters."""
