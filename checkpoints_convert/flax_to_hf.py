@@ -7,7 +7,9 @@ The model type is read from DIR/config.json; `--model-type`, when given, must ag
 
 qwen2 output loads in `transformers.Qwen2ForCausalLM`, siglip in `SiglipVisionModel`,
 tinyllava is the original combined layout; `--component llm|vision` exports only the
-language model or the vision tower of a tinyllava checkpoint as a plain HF directory.
+language model or the vision tower of a tinyllava checkpoint as a plain HF directory. A
+checkpoint with LoRA adapters: `--merge-lora` exports the merged model in any of these
+layouts; `--adapter DIR` writes the adapters as a PEFT adapter (checkpoints_convert/adapters.py).
 Parameters are read one at a time (an orbax partial load) and their tensors converted and
 written before the next is read: peak memory is about twice the largest parameter.
 """
@@ -18,66 +20,27 @@ import argparse
 import json
 import shutil
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 
-import jax
 import numpy as np
-from flax import nnx
-from jax.sharding import SingleDeviceSharding
 
+from checkpoints_convert.adapters import MergedParams, write_peft_adapter
 from checkpoints_convert.families import get_family
-from checkpoints_convert.mapping import export_params, flatten
+from checkpoints_convert.mapping import export_params
 from checkpoints_convert.original_layout import GENERATION_CONFIG, complete_combined_export, write_vision_extras
+from checkpoints_convert.reading import read_checkpoint
 from checkpoints_convert.safetensors_io import SINGLE_FILE, write_safetensors
 from jax_tinyr1.cli import CheckpointError, exits_on_bad_input
 from jax_tinyr1.data.tokenizer import checkpoint_tokenizer
-from jax_tinyr1.model.checkpoint import abstract_model, load_leaf
 from jax_tinyr1.model.config_io import load_model_config
 from jax_tinyr1.model.layers import DTYPES
+from jax_tinyr1.model.lora import has_adapters
 from jax_tinyr1.model.registry import MODEL_TYPES, type_of
 
 NP_DTYPES = {name: np.dtype(jax_type) for name, jax_type in DTYPES.items()}
 
 
-class LazyParams(Mapping):
-    """Flat {path: array} of a checkpoint, read on demand with one parameter in memory at a
-    time (the exporter asks for them grouped)."""
-
-    def __init__(self, checkpoint: Path, abstract: dict, prefix: str = ""):
-        self.checkpoint, self.abstract = checkpoint, abstract
-        self.shapes = {p[len(prefix) :]: tuple(v.shape) for p, v in flatten(abstract).items() if p.startswith(prefix)}
-        self.prefix = prefix
-        self._current: tuple[str, np.ndarray] | None = None
-
-    def __getitem__(self, path: str) -> np.ndarray:
-        if self._current is None or self._current[0] != path:
-            self._current = None  # drop the previous parameter before reading the next
-            value = load_leaf(self.checkpoint, self.abstract, tuple((self.prefix + path).split("/")))
-            self._current = (path, np.asarray(value))
-        return self._current[1]
-
-    def __iter__(self):
-        return iter(self.shapes)
-
-    def __len__(self) -> int:
-        return len(self.shapes)
-
-
-def read_checkpoint(checkpoint: Path, model_type: str | None, prefix: str = ""):
-    """(config, extra, lazily read flat params on the host CPU) of one of our checkpoints;
-    `prefix` keeps the parameters under it (a component), named without it."""
-    config, extra = load_model_config(checkpoint)
-    found_type = type_of(config).name
-    if model_type is not None and found_type != model_type:
-        raise CheckpointError(f"{checkpoint}: holds a {found_type!r} model, not --model-type {model_type!r}")
-    state = nnx.to_pure_dict(nnx.state(abstract_model(config), nnx.Param))
-    cpu = SingleDeviceSharding(jax.devices("cpu")[0])
-    abstract = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=cpu), state)
-    return config, extra, LazyParams(checkpoint, abstract, prefix)
-
-
-def write_hf_dir(out: Path, rules, params: LazyParams, hf_config: dict, dtype: str) -> None:
+def write_hf_dir(out: Path, rules, params, hf_config: dict, dtype: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_safetensors(out / SINGLE_FILE, export_params(params, rules, NP_DTYPES[dtype], params.shapes))
     (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
@@ -91,9 +54,12 @@ def convert(
     dtype: str | None = None,
     component: str | None = None,
     tokenizer: Path | None = None,
+    merge_lora: bool = False,
 ) -> None:
     """`tokenizer` (default CHECKPOINT/tokenizer when it exists) goes beside a combined
-    tinyllava export, so that the original code loads it as it is."""
+    tinyllava export, so that the original code loads it as it is. A checkpoint with LoRA
+    adapters exports with `merge_lora` (the adapters folded into their kernels) or not at
+    all (the adapters alone: `write_peft_adapter`)."""
     checkpoint, out = Path(checkpoint), Path(out)
     if tokenizer is not None and not Path(tokenizer).is_dir():
         raise FileNotFoundError(f"--tokenizer {tokenizer}: not a directory")
@@ -107,6 +73,15 @@ def convert(
     model_type, attribute = source.components[component] if component else (source.name, None)
     prefix = f"{attribute}/" if attribute else ""
     full_config, extra, params = read_checkpoint(checkpoint, source.name, prefix)
+    if merge_lora and not has_adapters(full_config):
+        raise CheckpointError(f"--merge-lora: {checkpoint} holds no LoRA adapters")
+    if has_adapters(full_config) and component != "vision":
+        if not merge_lora:
+            raise CheckpointError(
+                f"{checkpoint}: holds LoRA adapters; --merge-lora writes the merged model, --adapter DIR the adapters "
+                "as a PEFT adapter"
+            )
+        params = MergedParams(params, full_config)
     dtype = dtype or extra.get("hf_dtype", "float32")
     passthrough = extra.get("hf_passthrough", {})
     config = full_config
@@ -132,7 +107,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-type", default=None, help="a check: must be the type DIR/config.json names")
     parser.add_argument("--checkpoint", required=True, type=Path)
-    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="the HF directory (needed but with --adapter alone)")
+    parser.add_argument(
+        "--merge-lora",
+        action="store_true",
+        help="a LoRA checkpoint: fold every adapter into its kernel (W + A B alpha/rank) in the layout exported",
+    )
+    parser.add_argument(
+        "--adapter",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a LoRA checkpoint: write its language model's adapters as a PEFT adapter in DIR (and a TinyLLaVA's "
+        "connector, merged, in DIR/connector.safetensors)",
+    )
     parser.add_argument(
         "--dtype",
         choices=sorted(NP_DTYPES),
@@ -152,10 +140,23 @@ def main(argv: list[str] | None = None) -> int:
         help="tinyllava: the tokenizer written beside the export (default: CHECKPOINT/tokenizer)",
     )
     args = parser.parse_args(argv)
-    convert(
-        args.model_type, args.checkpoint, args.out, dtype=args.dtype, component=args.component, tokenizer=args.tokenizer
-    )
-    print(f"wrote {args.out}")
+    if args.out is None and args.adapter is None:
+        parser.error("--out is required (or --adapter DIR alone)")
+    if args.adapter is not None:
+        dtype = args.dtype or load_model_config(args.checkpoint)[1].get("hf_dtype", "float32")
+        write_peft_adapter(args.checkpoint, args.adapter, NP_DTYPES[dtype])
+        print(f"wrote {args.adapter} (PEFT LoRA adapter)")
+    if args.out is not None:
+        convert(
+            args.model_type,
+            args.checkpoint,
+            args.out,
+            dtype=args.dtype,
+            component=args.component,
+            tokenizer=args.tokenizer,
+            merge_lora=args.merge_lora,
+        )
+        print(f"wrote {args.out}")
     return 0
 
 

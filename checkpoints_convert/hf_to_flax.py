@@ -1,9 +1,12 @@
 """HF directory (config.json + safetensors) -> our orbax checkpoint directory.
 
     python -m checkpoints_convert.hf_to_flax --hf-dir HF_DIR --out OUT_DIR [--model-type qwen2|siglip|tinyllava]
+    python -m checkpoints_convert.hf_to_flax --adapter PEFT_DIR --base OUR_CKPT --out OUT_DIR
 
 The model type is read from HF_DIR/config.json (`model_type`); `--model-type`, when given,
-must agree with it.
+must agree with it. `--adapter`: a PEFT LoRA adapter (and the connector file our export
+writes beside it) onto one of our checkpoints, as a checkpoint with adapters
+(checkpoints_convert/adapters.py).
 
 Needs no torch. The file is checked whole first (names, shapes); then each parameter of our
 tree is assembled from its HF tensors (a stacked parameter from its layers' tensors) and
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
+from checkpoints_convert.adapters import import_peft_adapter
 from checkpoints_convert.families import get_family
 from checkpoints_convert.hub import resolve_hf_dir
 from checkpoints_convert.mapping import flatten, import_leaves
@@ -111,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-type", default=None, help="a check: must be the type HF_DIR/config.json names")
     parser.add_argument(
-        "--hf-dir", required=True, help="an HF directory, or a hub id owner/name[@revision] (downloaded to its cache)"
+        "--hf-dir", default=None, help="an HF directory, or a hub id owner/name[@revision] (downloaded to its cache)"
     )
+    parser.add_argument("--adapter", type=Path, default=None, metavar="PEFT_DIR", help="a PEFT LoRA adapter directory")
+    parser.add_argument("--base", type=Path, default=None, help="with --adapter: our checkpoint it was trained on")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument(
         "--param-dtype",
@@ -122,6 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    if args.adapter is not None:
+        if args.base is None or args.hf_dir is not None or args.param_dtype is not None:
+            parser.error("--adapter takes --base (our checkpoint) and --out, not --hf-dir or --param-dtype")
+        config = import_peft_adapter(args.adapter, args.base, args.out, overwrite=args.overwrite)
+        print(f"wrote {args.out} ({type_of(config).name} with LoRA adapters of {args.adapter})")
+        return 0
+    if args.hf_dir is None or args.base is not None:
+        parser.error("--hf-dir is required (--base goes with --adapter)")
     config = convert(args.model_type, args.hf_dir, args.out, overwrite=args.overwrite, param_dtype=args.param_dtype)
     print(f"wrote {args.out} ({type_of(config).name}, {type(config).__name__})")
     return 0

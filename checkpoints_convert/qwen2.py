@@ -29,6 +29,29 @@ QWEN2_RULES: list[Rule] = [
 LM_HEAD_RULE = Rule("lm_head.weight", "lm_head", LINEAR)
 
 
+# Where each adapted projection of model/lora.py sits in an HF layer (PEFT's target modules).
+LORA_MODULES = {
+    "q": "self_attn.q_proj",
+    "k": "self_attn.k_proj",
+    "v": "self_attn.v_proj",
+    "o": "self_attn.o_proj",
+    "gate": "mlp.gate_proj",
+    "up": "mlp.up_proj",
+    "down": "mlp.down_proj",
+}
+
+
+def lora_rules(config: Qwen2Config) -> list[Rule]:
+    """A PEFT LoRA adapter's tensors (names under PEFT's `base_model.model.`): lora_A.weight
+    [r, in] is our A [in, r] transposed, lora_B.weight [out, r] our B [r, out]."""
+    out = []
+    for target in config.lora_targets:
+        module = _LAYER + LORA_MODULES[target]
+        out.append(Rule(module + ".lora_A.weight", f"lora/{target}_lora_a", LINEAR))
+        out.append(Rule(module + ".lora_B.weight", f"lora/{target}_lora_b", LINEAR))
+    return out
+
+
 def rules(config: Qwen2Config) -> list[Rule]:
     return QWEN2_RULES + ([] if config.tie_word_embeddings else [LM_HEAD_RULE])
 

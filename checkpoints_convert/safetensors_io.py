@@ -70,9 +70,14 @@ def _read_header(path: Path) -> dict[str, TensorInfo]:
 class SafetensorsReader:
     """All tensors of an HF directory (single file or sharded with an index), read lazily."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, file: str | None = None):
+        """`file`: read that one file of the directory (a PEFT adapter's), not the model's."""
         directory = Path(directory)
-        if (directory / INDEX_FILE).is_file():
+        if file is not None:
+            if not (directory / file).is_file():
+                raise FileNotFoundError(f"{directory}: no {file}")
+            files = [file]
+        elif (directory / INDEX_FILE).is_file():
             weight_map = json.loads((directory / INDEX_FILE).read_text())["weight_map"]
             files = sorted(set(weight_map.values()))
         elif (directory / SINGLE_FILE).is_file():

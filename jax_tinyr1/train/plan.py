@@ -274,8 +274,9 @@ def plan_run(config: TrainConfig, *, stage: str, devices, processes: int = 1) ->
             )
             logps = grpo_update.make_logps(graphdef, grpo)
             if with_reference:
-                copied = f"{grpo.reference_dtype} weights" if jax.tree.leaves(reference) else "no copy"
-                name = f"reference log-probs ({copied})" + (", adapters off" if split_adapters(trainable)[1] else "")
+                # With LoRA the reference is the base (adapters off) and a copy of a full-trained connector.
+                lora = bool(split_adapters(trainable)[1])
+                name = f"reference log-probs ({'adapters off' if lora else f'{grpo.reference_dtype} weights'})"
                 program = grpo_update.make_reference_logps(graphdef, grpo)
                 plans.append(
                     _compile(name, program, (reference, trainable, frozen, batch), runs=1, resident=sizes["opt_state"])
