@@ -47,6 +47,11 @@ VARIANTS = {  # name: the shipped config of the ablation (None: the paper run it
     "no_kl": "ablation_no_kl.yaml",
     "dr_grpo": "ablation_dr_grpo.yaml",
 }
+# LoRA (issue 26) beside the full run: configs/single_24gb_lora.yaml's lora section and its
+# learning rate relative to the full single-card recipe's (x10), on the demo's config; rank and
+# alpha for the tiny model's width (64, not 2048): rank 8, alpha 16 (the recipe's alpha/rank of 2).
+LORA_RECIPE, FULL_RECIPE = ROOT / "configs" / "single_24gb_lora.yaml", ROOT / "configs" / "single_80gb.yaml"
+LORA_TINY = {"rank": 8, "alpha": 16}
 FIGURE_5 = ("paper", "reward_no_length", "reward_no_penalty")  # the three reward rules
 # Where the run's output lands and which checkpoint it starts from are the bench's to set.
 NOT_APPLIED = {"run.output_dir", "model.checkpoint"}
@@ -73,8 +78,17 @@ def variant_changes(config_file: str | None) -> tuple[list[str], bool]:
     return overrides, "model.checkpoint" in changed
 
 
+def lora_changes() -> list[str]:
+    """The LoRA variant's overrides of the demo config (see LORA_RECIPE)."""
+    recipe, full = load_config(LORA_RECIPE), load_config(FULL_RECIPE)
+    demo = load_config(ROOT / "configs" / "demo_cpu.yaml")
+    section = {**to_dict(recipe)["lora"], **LORA_TINY}
+    rate = demo.optimizer.learning_rate * recipe.optimizer.learning_rate / full.optimizer.learning_rate
+    return [f"lora.{k}={json.dumps(v)}" for k, v in section.items()] + [f"optimizer.learning_rate={rate:.6g}"]
+
+
 def run_variant(prepared, name: str, out: Path, sizes, seed: int) -> dict:
-    overrides, from_sft = variant_changes(VARIANTS[name])
+    overrides, from_sft = (lora_changes(), False) if name == "lora" else variant_changes(VARIANTS[name])
     start = time.perf_counter()
     resumed = (out / "checkpoints").is_dir()  # then `seconds` is what this call took, not the run
     print(f"-- seed {seed}, {name}: {' '.join(overrides) or 'the demo config'}" + (", from SFT" if from_sft else ""))
@@ -99,6 +113,15 @@ def run_variant(prepared, name: str, out: Path, sizes, seed: int) -> dict:
         ("reflection", "completions/reflection_rate"),
     ):
         result[f"{key}_first"], result[f"{key}_last"] = first_and_last_fifth(metrics, metric)
+    if name == "lora":  # what the adapters start from, for "accuracy rises"
+        cold = evaluate_stage(
+            prepared.coldstart,
+            prepared.tokenizer,
+            prepared.out / "eval",
+            config.sampling.max_new_tokens,
+            reasoning_prompt=True,
+        )
+        result["coldstart_accuracy"] = cold["overall"]
     result["seconds"] = round(time.perf_counter() - start, 1)
     result["step_seconds"] = round(sum(m["step_time"] for m in metrics), 1)  # the GRPO steps alone
     return result
@@ -126,6 +149,9 @@ FINDINGS = {
     "4.3.3 Del KL raises accuracy": lambda v: v["no_kl"]["accuracy"] - v["paper"]["accuracy"],
     "4.3.3 Dr. GRPO raises it further": lambda v: v["dr_grpo"]["accuracy"] - v["no_kl"]["accuracy"],
     "4.3.3 Dr. GRPO shortens the responses": lambda v: v["no_kl"]["length_last"] - v["dr_grpo"]["length_last"],
+    "LoRA: the reward rises": lambda v: _rise(v["lora"], "reward"),
+    "LoRA: held-out accuracy above the cold start's": lambda v: v["lora"]["accuracy"] - v["lora"]["coldstart_accuracy"],
+    "LoRA: held-out accuracy against the full run's": lambda v: v["lora"]["accuracy"] - v["paper"]["accuracy"],
 }
 
 
@@ -168,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/demo_ablations"))
     parser.add_argument("--docs", type=Path, default=Path("docs"), help="where the Figure 5-like plots go")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    names = [*VARIANTS, "lora"]
+    parser.add_argument("--variants", nargs="+", choices=names, default=names)
     parser.add_argument("--quick", action="store_true", help="the demo's quick sizes (a smoke run)")
     parser.add_argument("--report", action="store_true", help="only the report of the variants finished so far")
     args = parser.parse_args(argv)
