@@ -78,17 +78,22 @@ def variant_changes(config_file: str | None) -> tuple[list[str], bool]:
     return overrides, "model.checkpoint" in changed
 
 
-def lora_changes() -> list[str]:
-    """The LoRA variant's overrides of the demo config (see LORA_RECIPE)."""
+def lora_changes(name: str) -> list[str]:
+    """A LoRA variant's overrides of the demo config (see LORA_RECIPE): `lora` with the recipe's
+    learning-rate ratio, `lora_lr1x` with the full run's learning rate (the ratio's check)."""
     recipe, full = load_config(LORA_RECIPE), load_config(FULL_RECIPE)
     demo = load_config(ROOT / "configs" / "demo_cpu.yaml")
     section = {**to_dict(recipe)["lora"], **LORA_TINY}
-    rate = demo.optimizer.learning_rate * recipe.optimizer.learning_rate / full.optimizer.learning_rate
+    ratio = recipe.optimizer.learning_rate / full.optimizer.learning_rate if name == "lora" else 1.0
+    rate = demo.optimizer.learning_rate * ratio
     return [f"lora.{k}={json.dumps(v)}" for k, v in section.items()] + [f"optimizer.learning_rate={rate:.6g}"]
 
 
+LORA_VARIANTS = ("lora", "lora_lr1x")
+
+
 def run_variant(prepared, name: str, out: Path, sizes, seed: int) -> dict:
-    overrides, from_sft = (lora_changes(), False) if name == "lora" else variant_changes(VARIANTS[name])
+    overrides, from_sft = (lora_changes(name), False) if name in LORA_VARIANTS else variant_changes(VARIANTS[name])
     start = time.perf_counter()
     resumed = (out / "checkpoints").is_dir()  # then `seconds` is what this call took, not the run
     print(f"-- seed {seed}, {name}: {' '.join(overrides) or 'the demo config'}" + (", from SFT" if from_sft else ""))
@@ -113,7 +118,7 @@ def run_variant(prepared, name: str, out: Path, sizes, seed: int) -> dict:
         ("reflection", "completions/reflection_rate"),
     ):
         result[f"{key}_first"], result[f"{key}_last"] = first_and_last_fifth(metrics, metric)
-    if name == "lora":  # what the adapters start from, for "accuracy rises"
+    if name in LORA_VARIANTS:  # what the adapters start from, for "accuracy rises"
         cold = evaluate_stage(
             prepared.coldstart,
             prepared.tokenizer,
@@ -149,10 +154,21 @@ FINDINGS = {
     "4.3.3 Del KL raises accuracy": lambda v: v["no_kl"]["accuracy"] - v["paper"]["accuracy"],
     "4.3.3 Dr. GRPO raises it further": lambda v: v["dr_grpo"]["accuracy"] - v["no_kl"]["accuracy"],
     "4.3.3 Dr. GRPO shortens the responses": lambda v: v["no_kl"]["length_last"] - v["dr_grpo"]["length_last"],
-    "LoRA: the reward rises": lambda v: _rise(v["lora"], "reward"),
-    "LoRA: held-out accuracy above the cold start's": lambda v: v["lora"]["accuracy"] - v["lora"]["coldstart_accuracy"],
-    "LoRA: held-out accuracy against the full run's": lambda v: v["lora"]["accuracy"] - v["paper"]["accuracy"],
 }
+
+
+def _lora_findings(name: str, label: str) -> dict:
+    return {
+        f"{label}: the reward rises": lambda v: _rise(v[name], "reward"),
+        f"{label}: held-out accuracy above the cold start's": lambda v: (
+            v[name]["accuracy"] - v[name]["coldstart_accuracy"]
+        ),
+        f"{label}: held-out accuracy against the full run's": lambda v: v[name]["accuracy"] - v["paper"]["accuracy"],
+    }
+
+
+FINDINGS.update(_lora_findings("lora", "LoRA, x10 learning rate"))
+FINDINGS.update(_lora_findings("lora_lr1x", "LoRA, the full run's learning rate"))
 
 
 def report(results: list[dict], seeds: list[int], names: list[str]) -> str:
@@ -194,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/demo_ablations"))
     parser.add_argument("--docs", type=Path, default=Path("docs"), help="where the Figure 5-like plots go")
-    names = [*VARIANTS, "lora"]
+    names = [*VARIANTS, *LORA_VARIANTS]
     parser.add_argument("--variants", nargs="+", choices=names, default=names)
     parser.add_argument("--quick", action="store_true", help="the demo's quick sizes (a smoke run)")
     parser.add_argument("--report", action="store_true", help="only the report of the variants finished so far")

@@ -61,6 +61,8 @@ PLANS = {
     "four_24gb, + micro-batches 2": ("grpo", "four_24gb.yaml", ["grpo.logprob_chunk=128"], "l4-24gb"),
     "four_24gb (+ log-prob chunk 64)": ("grpo", "four_24gb.yaml", [], "l4-24gb"),
     "coldstart_paper (SFT, 4 devices)": ("sft", "coldstart_paper.yaml", [], "a100-40gb"),
+    "single_24gb_lora (LoRA rank 64, connector full)": ("grpo", "single_24gb_lora.yaml", [], "l4-24gb"),
+    "single_16gb_lora (LoRA rank 16, 4 prompts)": ("grpo", "single_16gb_lora.yaml", [], "ada-16gb"),
 }
 # The paper plan under each remat policy, on its card (GPU plans only).
 REMAT_POLICIES = (

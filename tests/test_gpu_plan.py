@@ -88,6 +88,8 @@ def test_paper_recipe_compiles_for_8_a100_40gb_with_fsdp_collectives(tiny_checkp
     [
         ("grpo", "single_80gb.yaml", "h100-80gb", "NVIDIA H100 80GB HBM3", 1),
         ("grpo", "four_24gb.yaml", "l4-24gb", "NVIDIA L4", 4),
+        ("grpo", "single_24gb_lora.yaml", "l4-24gb", "NVIDIA L4", 1),
+        ("grpo", "single_16gb_lora.yaml", "ada-16gb", "NVIDIA L4 with 16 GiB (a 16 GB Ada card)", 1),
     ],
 )
 def test_each_recipe_compiles_for_its_card(tiny_checkpoint, capsys, monkeypatch, stage, config, target, card, devices):
@@ -107,6 +109,8 @@ def test_each_recipe_compiles_for_its_card(tiny_checkpoint, capsys, monkeypatch,
     names = list(_plan_lines(text))
     assert names[0] == "vision encode" and names[-1].startswith("update")
     assert ("rollout" in names[1]) == (stage == "grpo")
+    if "lora" in config:  # the reference is the base with the adapters off
+        assert "reference log-probs (adapters off)" in names
 
 
 def test_over_the_cards_memory_exits_3_naming_the_program(tiny_checkpoint, tmp_path, capsys):

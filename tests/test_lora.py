@@ -27,7 +27,9 @@ from jax_tinyr1.grpo.update import Batch
 from jax_tinyr1.model import build_model, load_pretrained, save_pretrained
 from jax_tinyr1.model.lora import LoraConfig, merge_trees, split_adapters
 from jax_tinyr1.model.spec import ModelSpec
-from jax_tinyr1.train.config import ConfigError, load_config
+from jax_tinyr1.sft.objective import SFTConfig
+from jax_tinyr1.sft.trainer import SFTTrainer
+from jax_tinyr1.train.config import ConfigError, load_config, sft_config
 from jax_tinyr1.update.optimizer import OptimizerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,8 +199,32 @@ def test_config_errors_name_the_key():
     assert "grpo.reference_dtype: with lora.connector=frozen" in error(
         "lora.rank=4", "lora.connector=frozen", "grpo.reference_dtype=bfloat16"
     )
-    assert "['lora'] configure another stage" in error("lora.rank=4", stage="sft")
+    assert "sft.trainable: with lora.rank > 0" in error("lora.rank=4", "sft.trainable=[llm]", stage="sft")
     assert "set by the lora section" in error("grpo.trainable=[llm/lora]")
+    sft = sft_config(load_config(None, ["lora.rank=4", "lora.connector=frozen"], stage="sft"), 10)
+    assert sft.trainable == ("llm/lora",)
+
+
+def test_an_sft_step_with_lora_trains_only_the_adapters():
+    lora = LoraConfig(rank=4, dropout=0.2, connector="lora")
+    _, lora_model = base_and_lora(lora)
+    config = SFTConfig(
+        optimizer=OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.0, total_steps=10),
+        trainable=lora.trainable_parts(),
+    )
+    trainer = SFTTrainer(lora_model, config, pad_id=1)
+    frozen, before = _flat(trainer.frozen), _flat(trainer.trainable)
+    assert all("lora" in k for k in before) and not any("lora" in k for k in frozen)
+    ids, mask, pixels = _video_inputs(lora_model.config)
+    response = np.array([[7, 8, 9, 1], [10, 11, 1, 1]])
+    metrics = trainer.step(
+        np.asarray(ids), np.asarray(mask), np.asarray(pixels), response, np.ones_like(response), jax.random.key(0)
+    )
+    assert metrics["nonfinite"] == 0 and np.isfinite(metrics["nll"])
+    after = _flat(trainer.trainable)
+    assert all(not np.array_equal(before[k], after[k]) for k in after if "lora_b" in k)
+    for key, value in _flat(trainer.frozen).items():
+        np.testing.assert_array_equal(value, frozen[key], err_msg=key)
 
 
 def _run(args, **kw):

@@ -26,8 +26,6 @@ from jax_tinyr1.update import multihost
 from jax_tinyr1.update.params import merge_params, visual_tokens
 from jax_tinyr1.update.trainer import Trainer
 
-DROPOUT_STREAM = 3  # folded into a step's key for the adapters' dropout (the step splits it in two)
-
 
 def rollout_program(graphdef, config: GRPOConfig, decode_path: str = "auto"):
     """(trainable, frozen, prompt ids, mask, vision input, key) -> G sampled completions per
@@ -69,8 +67,6 @@ class GRPOTrainer(Trainer):
         )
         self.config, self.tokenizer, self.reward_config = config, tokenizer, reward_config
         self.reference = reference_copy(self.trainable, config)
-        llm = model.config.llm
-        self.dropout_rate = llm.lora_dropout if llm.lora_rank else 0.0
         self._update = make_grpo_update(self.graphdef, config, self.optimizer)
         self._logps = jax.jit(make_logps(self.graphdef, config))
         self._reference_logps = jax.jit(make_reference_logps(self.graphdef, config))
@@ -87,14 +83,6 @@ class GRPOTrainer(Trainer):
     def reference_logps(self, batch: Batch) -> jax.Array:
         with jax.set_mesh(self.mesh):
             return self._reference_logps(self.reference, self.trainable, self.frozen, batch)
-
-    def dropout_keys(self, key: jax.Array, rows: int) -> jax.Array | None:
-        """The adapters' dropout keys of a step's rows ([R, 2] key data, a function of the step's
-        key: a resumed run draws the same masks), or None without dropout."""
-        if not self.dropout_rate:
-            return None
-        keys = jax.random.split(jax.random.fold_in(key, DROPOUT_STREAM), rows)
-        return self.to_global(np.asarray(jax.random.key_data(keys)))
 
     # -- one step -------------------------------------------------------------------------
     def step(

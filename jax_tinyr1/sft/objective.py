@@ -37,6 +37,7 @@ class Batch(NamedTuple):
     vision_input: jax.Array  # [B, ...] frozen vision features, or frames (update/params.py)
     tokens: jax.Array  # [B, T] the response, ending with the end-of-text token
     completion_mask: jax.Array  # [B, T]
+    dropout_keys: jax.Array | None = None  # [B, 2] key data: the adapters' dropout (lora.dropout)
 
 
 def nll_loss(logps_bt: jax.Array, mask_bt: jax.Array) -> tuple[jax.Array, dict]:
@@ -49,7 +50,14 @@ def nll_loss(logps_bt: jax.Array, mask_bt: jax.Array) -> tuple[jax.Array, dict]:
 def make_sft_update(graphdef, config: SFTConfig, optimizer: optax.GradientTransformation):
     def loss(trainable, frozen, batch: Batch):
         logps, _ = policy_logps(
-            graphdef, trainable, frozen, batch, config.trainable, temperature=1.0, chunk=config.logprob_chunk
+            graphdef,
+            trainable,
+            frozen,
+            batch,
+            config.trainable,
+            temperature=1.0,
+            chunk=config.logprob_chunk,
+            dropout_keys=batch.dropout_keys,
         )
         return nll_loss(logps, batch.completion_mask)
 

@@ -17,9 +17,10 @@ class SFTTrainer(Trainer):
         self._update = make_sft_update(self.graphdef, config, self.optimizer)
 
     def step(
-        self, prompt_ids: np.ndarray, prompt_mask: np.ndarray, pixels: np.ndarray, response_ids, response_mask
+        self, prompt_ids: np.ndarray, prompt_mask: np.ndarray, pixels: np.ndarray, response_ids, response_mask, key=None
     ) -> dict[str, float]:
-        """One update on this process's examples (all processes call it together)."""
+        """One update on this process's examples (all processes call it together); `key` (the
+        step's) draws the adapters' dropout when there is one."""
         prompt_ids, response_ids = self.global_rows(prompt_ids, response_ids, pad_value=self.pad_id)
         prompt_mask, response_mask = self.global_rows(prompt_mask, response_mask)
         batch = Batch(
@@ -28,6 +29,7 @@ class SFTTrainer(Trainer):
             self.encode_local(pixels),
             self.to_global(response_ids),
             self.to_global(response_mask),
+            None if key is None else self.dropout_keys(key, len(prompt_ids)),
         )
         metrics = self.update(batch)
         self.step_count += 1

@@ -11,7 +11,7 @@ validates its own values:
     objective  ObjectiveConfig  (grpo/loss.py: beta, clip, aggregation, advantages)             GRPO only
     sampling   SamplingConfig   (generate/sampling.py)                                          GRPO only
     reward     RewardConfig     (rewards/combined.py)                                           GRPO only
-    lora       LoraConfig       (model/lora.py: rank, alpha, dropout, targets, connector)        GRPO only
+    lora       LoraConfig       (model/lora.py: rank, alpha, dropout, targets, connector)
     optimizer  OptimizerConfig  (update/optimizer.py)
     run        RunSection       (this file: output, checkpoints, seed)
     mesh       MeshSection      (this file)
@@ -98,7 +98,7 @@ class TrainConfig:
 
 # The sections each stage reads; a section of the other stage in its config is an error.
 STAGE_SECTIONS = {
-    "sft": ("model", "data", "sft", "optimizer", "run", "mesh"),
+    "sft": ("model", "data", "sft", "lora", "optimizer", "run", "mesh"),
     "grpo": ("model", "data", "grpo", "objective", "sampling", "reward", "lora", "optimizer", "run", "mesh"),
 }
 
@@ -196,26 +196,27 @@ def _check_stage(values: dict[str, Any], config: TrainConfig, stage: str) -> Non
             raise ConfigError("grpo.reference_dtype: objective.beta is 0, so there is no reference model")
         if "response_tokens" in values.get("data", {}):
             raise ConfigError("data.response_tokens: the length of SFT responses; GRPO samples its completions")
-        _check_lora(values, config)
+    _check_lora(values, config, stage)
 
 
-def _check_lora(values: dict[str, Any], config: TrainConfig) -> None:
+def _check_lora(values: dict[str, Any], config: TrainConfig, stage: str) -> None:
     """The lora section decides what trains; keys it would leave unread are errors."""
     lora, given = config.lora, values.get("lora", {})
+    trainable = (config.sft if stage == "sft" else config.grpo).trainable
     if not lora.enabled:
         unread = sorted(set(given) - {"rank"})
         if unread:
             raise ConfigError(f"lora.{unread[0]}: lora.rank is 0, so there are no adapters")
-        adapter_parts = sorted(set(config.grpo.trainable) & set(ADAPTER_PARTS))
+        adapter_parts = sorted(set(trainable) & set(ADAPTER_PARTS))
         if adapter_parts:
-            raise ConfigError(f"grpo.trainable: {adapter_parts} are set by the lora section (lora.rank > 0)")
+            raise ConfigError(f"{stage}.trainable: {adapter_parts} are set by the lora section (lora.rank > 0)")
         return
-    if "trainable" in values.get("grpo", {}):
+    if "trainable" in values.get(stage, {}):
         raise ConfigError(
-            "grpo.trainable: with lora.rank > 0 the adapters train, and the connector as lora.connector says"
+            f"{stage}.trainable: with lora.rank > 0 the adapters train, and the connector as lora.connector says"
         )
     copies_connector = lora.connector == "full"
-    if "reference_dtype" in values.get("grpo", {}) and not copies_connector:
+    if stage == "grpo" and "reference_dtype" in values.get("grpo", {}) and not copies_connector:
         raise ConfigError(
             f"grpo.reference_dtype: with lora.connector={lora.connector} the reference is the base model with the "
             "adapters off; it keeps no copy of its own"
@@ -294,18 +295,26 @@ def load_config(path: str | Path | None, overrides: list[str] = (), *, stage: st
     return config
 
 
+def _trainable(config: TrainConfig, section) -> tuple[str, ...]:
+    """What the stage trains: the lora section's parts with a rank, else the stage's `trainable`."""
+    return config.lora.trainable_parts() if config.lora.enabled else section.trainable
+
+
 def sft_config(config: TrainConfig, total_steps: int) -> SFTConfig:
     """The SFT update's config: the sft section with the optimizer section it composes."""
-    return dataclasses.replace(config.sft, optimizer=dataclasses.replace(config.optimizer, total_steps=total_steps))
+    return dataclasses.replace(
+        config.sft,
+        trainable=_trainable(config, config.sft),
+        optimizer=dataclasses.replace(config.optimizer, total_steps=total_steps),
+    )
 
 
 def grpo_config(config: TrainConfig, total_steps: int, *, eos: int, pad: int) -> GRPOConfig:
     """The GRPO update's config: the grpo section with the objective, sampling and optimizer
     sections it composes."""
-    trainable = config.lora.trainable_parts() if config.lora.enabled else config.grpo.trainable
     return dataclasses.replace(
         config.grpo,
-        trainable=trainable,
+        trainable=_trainable(config, config.grpo),
         objective=config.objective,
         sampling=dataclasses.replace(config.sampling, eos_id=eos, pad_id=pad),
         optimizer=dataclasses.replace(config.optimizer, total_steps=total_steps),

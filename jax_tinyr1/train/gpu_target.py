@@ -31,6 +31,7 @@ TARGETS: dict[str, tuple[str, str]] = {
     "h100-80gb": ("h100_sxm.txtpb", "H100 80GB HBM3 (SXM)"),
     "h200-141gb": ("h200.txtpb", "H200 141GB HBM3e"),
     "l4-24gb": ("l4.txtpb", "L4 24 GB (derived from the RTX A6000 description; see the file)"),
+    "ada-16gb": ("ada_16gb.txtpb", "a 16 GB Ada card (RTX 4060 Ti 16GB, RTX 4000 Ada): the L4 file with 16 GiB"),
 }
 PLUGIN_MODULE = "jax_plugins.xla_cuda12"
 # Memory a process loses on each card outside JAX's allocator: the CUDA context (kernels,

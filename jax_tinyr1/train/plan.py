@@ -246,8 +246,9 @@ def plan_run(config: TrainConfig, *, stage: str, devices, processes: int = 1) ->
             "tokens": spec((rows, new_tokens), jnp.int32),
             "completion_mask": spec((rows, new_tokens), jnp.int32),
         }
+        dropout_keys = spec((rows, 2), jnp.uint32) if model_config.llm.lora_dropout else None
         if sft:
-            batch = sft_objective.Batch(**common)
+            batch = sft_objective.Batch(**common, dropout_keys=dropout_keys)
             update = sft_objective.make_sft_update(graphdef, stage_config, optimizer)
         else:
             grpo = stage_config
@@ -270,7 +271,7 @@ def plan_run(config: TrainConfig, *, stage: str, devices, processes: int = 1) ->
                 advantages=spec((rows,), jnp.float32),
                 old_logps=completion if grpo.updates_per_rollout > 1 else None,
                 ref_logps=completion if with_reference else None,
-                dropout_keys=spec((rows, 2), jnp.uint32) if model_config.llm.lora_dropout else None,
+                dropout_keys=dropout_keys,
             )
             logps = grpo_update.make_logps(graphdef, grpo)
             if with_reference:

@@ -114,7 +114,7 @@ STAGES = {
         reasoning_prompt=False,
         make_trainer=_sft_trainer,
         step=lambda trainer, b, key: trainer.step(
-            b["prompt_ids"], b["prompt_mask"], b["pixels"], b["response_ids"], b["response_mask"]
+            b["prompt_ids"], b["prompt_mask"], b["pixels"], b["response_ids"], b["response_mask"], key
         ),
     ),
     "grpo": Stage(

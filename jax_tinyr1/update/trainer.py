@@ -20,6 +20,8 @@ from jax_tinyr1.update.optimizer import OptimizerConfig, make_optimizer, opt_sta
 from jax_tinyr1.update.params import encode_program, merge_params, param_shardings, split_params
 from jax_tinyr1.update.step import jit_update
 
+DROPOUT_STREAM = 3  # folded into a step's key for the adapters' dropout (GRPO splits the key in two)
+
 
 class Trainer:
     def __init__(
@@ -52,6 +54,16 @@ class Trainer:
         self._jitted_update = None
         self._reshard_cache = {}
         self.step_count = 0
+        llm = model.config.llm
+        self.dropout_rate = llm.lora_dropout if llm.lora_rank else 0.0  # the adapters' (model/lora.py)
+
+    def dropout_keys(self, key: jax.Array, rows: int) -> jax.Array | None:
+        """The adapters' dropout keys of a step's rows ([R, 2] key data, a function of the step's
+        key: a resumed run draws the same masks), or None without dropout."""
+        if not self.dropout_rate:
+            return None
+        keys = jax.random.split(jax.random.fold_in(key, DROPOUT_STREAM), rows)
+        return self.to_global(np.asarray(jax.random.key_data(keys)))
 
     def model_params(self) -> dict:
         """The whole model's parameter tree: trainable and frozen parts together."""
