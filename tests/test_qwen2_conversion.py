@@ -218,7 +218,7 @@ def test_conversion_streams_one_parameter_at_a_time(tmp_path, monkeypatch):
     assert events[q_save - len(layer_q) : q_save] == [("read", k) for k in layer_q] and len(layer_q) == 2
 
     loads = []
-    monkeypatch.setattr("checkpoints_convert.flax_to_hf.load_leaf", lambda *a: loads.append(a[2]) or load(*a))
+    monkeypatch.setattr("checkpoints_convert.reading.load_leaf", lambda *a: loads.append(a[2]) or load(*a))
     flax_to_hf.convert("qwen2", tmp_path / "fx", tmp_path / "hf2")
     assert len(loads) == len(set(loads))  # each parameter read once
     assert sorted(_tensors(tmp_path / "hf")) == sorted(_tensors(tmp_path / "hf2"))
