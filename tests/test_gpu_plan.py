@@ -111,6 +111,7 @@ def test_each_recipe_compiles_for_its_card(tiny_checkpoint, capsys, monkeypatch,
     assert ("rollout" in names[1]) == (stage == "grpo")
     if "lora" in config:  # the reference is the base with the adapters off
         assert "reference log-probs (adapters off)" in names
+        assert "; LoRA rank " in text and "connector full" in text
 
 
 def test_over_the_cards_memory_exits_3_naming_the_program(tiny_checkpoint, tmp_path, capsys):

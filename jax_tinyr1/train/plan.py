@@ -317,7 +317,12 @@ def format_plan(config: TrainConfig, plans: list[ProgramPlan], where: str, notes
     lines = [
         f"plan: mesh data={m.data} fsdp={m.fsdp} tensor={m.tensor} on {where}; "
         f"compute {spec.dtype}, master weights {spec.param_dtype}, remat {remat}, "
-        f"AdamW moments {config.optimizer.state_dtype}",
+        f"AdamW moments {config.optimizer.state_dtype}"
+        + (
+            f"; LoRA rank {config.lora.rank} on {'/'.join(config.lora.targets)}, connector {config.lora.connector}"
+            if config.lora.enabled
+            else ""
+        ),
         *notes,
         f"{'program':<46}{'runs':>5}{'args':>8}{'temp':>8}{'out':>8}{'resident':>10}{'peak GiB':>10}"
         f"{'GFLOP/dev':>11}{'TFLOP/dev':>11}{'compile s':>11}",
