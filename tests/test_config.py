@@ -151,17 +151,26 @@ def test_every_key_of_every_section_is_read_by_a_run(tiny, tmp_path):
         ],
     )
     train(reads.wrap(grpo), stage="grpo")
-    # model.preset is the other source (read in the SFT run below); response_tokens is SFT's.
+    # model.preset is the other source (read in the SFT run below); response_tokens is SFT's;
+    # the lora section's keys but its rank are refused without a rank (read in the SFT run, with one).
     keys = _settable_keys(grpo, STAGE_SECTIONS["grpo"])
-    assert "grpo.trainable" in keys and keys - {"model.preset", "data.response_tokens"} - reads.seen == set()
+    lora_keys = {k for k in keys if k.startswith("lora.") and k != "lora.rank"}
+    assert (
+        "grpo.trainable" in keys and keys - {"model.preset", "data.response_tokens"} - lora_keys - reads.seen == set()
+    )
 
     reads = _Reads()
-    sft = load_config(None, [*common, f"run.output_dir={tmp_path / 'sft'}", "data.train=cold_start.json"], stage="sft")
+    lora = ["lora.rank=2", "lora.alpha=4", "lora.dropout=0.1", "lora.targets=[q, down]", "lora.connector=lora"]
+    sft = load_config(
+        None, [*common, f"run.output_dir={tmp_path / 'sft'}", "data.train=cold_start.json", *lora], stage="sft"
+    )
     train(reads.wrap(sft), stage="sft")
     keys = _settable_keys(sft, STAGE_SECTIONS["sft"])
-    assert "sft.micro_batches" in keys and keys - {"model.checkpoint"} - reads.seen == set()
+    # With a LoRA rank the lora section says what trains (sft.trainable is refused).
+    assert "sft.micro_batches" in keys and keys - {"model.checkpoint", "sft.trainable"} - reads.seen == set()
     stored = json.loads((tmp_path / "sft" / "run_config.json").read_text())
     assert stored["stage"] == "sft" and stored["effective"]["compute_dtype"] == "float32"
+    assert stored["effective"]["lora"]["targets"] == ["q", "down"]
     # data.prompt_tokens / response_tokens 0: the run's one width, measured from its records
     assert stored["effective"]["prompt_tokens"] % 32 == 0 < stored["effective"]["prompt_tokens"]
     assert stored["effective"]["response_tokens"] % 32 == 0 < stored["effective"]["response_tokens"]
