@@ -89,7 +89,6 @@ def test_paper_recipe_compiles_for_8_a100_40gb_with_fsdp_collectives(tiny_checkp
         ("grpo", "single_80gb.yaml", "h100-80gb", "NVIDIA H100 80GB HBM3", 1),
         ("grpo", "four_24gb.yaml", "l4-24gb", "NVIDIA L4", 4),
         ("grpo", "single_24gb_lora.yaml", "l4-24gb", "NVIDIA L4", 1),
-        ("grpo", "single_16gb_lora.yaml", "ada-16gb", "NVIDIA L4 with 16 GiB (a 16 GB Ada card)", 1),
     ],
 )
 def test_each_recipe_compiles_for_its_card(tiny_checkpoint, capsys, monkeypatch, stage, config, target, card, devices):
@@ -153,3 +152,17 @@ def test_two_processes_of_8_plan_the_global_batch_of_both():
     devices = gpu_target.compile_only_devices(target)
     assert (target.processes, target.devices_per_process, len(devices)) == (2, 8, 16)
     assert sorted({d.process_index for d in devices}) == [0, 1]
+
+
+def test_the_16gb_target_is_the_l4_description_with_16_gib():
+    """single_16gb_lora.yaml's card (its 3B plan is bench/memory_plan.py's): the L4 file but
+    for its memory."""
+    small, l4 = gpu_target.resolve_target("ada-16gb", 1), gpu_target.resolve_target("l4-24gb", 1)
+    assert small.memory_gib == 16.0 and small.card == "NVIDIA L4 with 16 GiB (a 16 GB Ada card)"
+    assert round(small.budget_gib(0.95)[0], 2) == 15.2
+
+    def body(target):
+        return [line for line in target.description.splitlines() if not line.startswith("#")]
+
+    differ = [(a, b) for a, b in zip(body(small), body(l4), strict=True) if a != b]
+    assert [a.split(":")[0].strip() for a, _ in differ] == ["device_memory_size", "device_description_str"], differ

@@ -291,6 +291,8 @@ def test_a_lora_run_trains_only_the_adapters_and_resumes_exactly(lora_run, tmp_p
     paths = ["/".join(ast.literal_eval(name)) for name in stored]
     assert {p for p in trained if any(path.startswith(p + "/") for path in paths)} == trained
     assert all(any(path.startswith(p + "/") for p in trained) for path in paths)
+    if connector == "full":
+        return  # the resumption is checked once, on the run with every kind of adapter
     # Resumed: 2 steps, then the same command with 3 steps, equals the straight run bitwise.
     first = _run([*_lora_args(root, tmp_path / "resumed", "run.max_steps=2", *args)])
     assert first.returncode == 0, first.stderr[-3000:]
