@@ -432,3 +432,15 @@ def test_export_and_import_errors_name_the_problem(lora_checkpoints, tmp_path):
     assert not (tmp_path / "back").exists()
     with pytest.raises(CheckpointError, match="holds adapters already"):
         import_peft_adapter(tmp_path / "adapter", tmp / "lora", tmp_path / "back")
+
+
+def test_a_run_from_a_checkpoint_with_adapters_continues_them_or_says_why_not(lora_checkpoints):
+    tmp, _, lora_model = lora_checkpoints
+    spec = ModelSpec(checkpoint=str(tmp / "lora"))
+    model, _ = spec.build(lora=LoraConfig(rank=4, alpha=8, connector="lora"))
+    stored, loaded = _flat(_params(lora_model)), _flat(_params(model))
+    for key in stored:
+        np.testing.assert_array_equal(stored[key], loaded[key], err_msg=key)
+    for other in (LoraConfig(), LoraConfig(rank=8, alpha=8, connector="lora"), LoraConfig(rank=4, alpha=8)):
+        with pytest.raises(ConfigError, match="holds LoRA adapters"):
+            spec.resolve(other)

@@ -80,7 +80,7 @@ class ModelSpec:
         if lora.enabled:
             adapter = {"lora_rank": lora.rank, "lora_alpha": lora.alpha, "lora_param_dtype": self.param_dtype}
             llm_lora = {**adapter, "lora_dropout": lora.dropout, "lora_targets": tuple(lora.targets)}
-            connector_lora = adapter if lora.connector == "lora" else {}
+            connector_lora = adapter if lora.connector == "lora" else {"lora_rank": 0}
         return dataclasses.replace(
             config,
             llm=dataclasses.replace(
