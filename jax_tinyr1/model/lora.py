@@ -28,7 +28,7 @@ ADAPTERS = "lora"  # the name of the adapter dict in a model part: `llm/lora`, `
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig:
-    rank: int = 0  # 0: no adapters (what trains is `grpo.trainable`)
+    rank: int = 0  # 0: no adapters (what trains is the stage's `trainable`)
     alpha: float = 16.0  # the adapters' output is scaled by alpha / rank
     # Dropout on the language-model adapters' inputs, in the update's forward pass only (the
     # rollout and the reference and old-policy scoring see no dropout).
@@ -107,12 +107,6 @@ def adapted(project, x, kernel, bias, p: dict, name: str, lora_scale: float, dro
     x_in = x if dropout is None else dropout(x)
     delta = project(project(x_in, a), p[f"{name}_lora_b"])
     return y + delta * jnp.asarray(lora_scale, delta.dtype)
-
-
-def merged_kernel(kernel, a, b, lora_scale: float, dtype):
-    """W + (A @ B) * scale in float32, cast to `dtype` (an export, the CPU decode copies)."""
-    delta = jnp.matmul(a.astype(jnp.float32), b.astype(jnp.float32)) * lora_scale
-    return (kernel.astype(jnp.float32) + delta).astype(dtype)
 
 
 def row_dropout(keys_r: jax.Array, rate: float, stream: int):
