@@ -33,7 +33,7 @@ from jax_tinyr1.cli import CheckpointError
 from jax_tinyr1.data.tokenizer import checkpoint_tokenizer
 from jax_tinyr1.model.checkpoint import abstract_model, save_params_leafwise
 from jax_tinyr1.model.config_io import save_model_config
-from jax_tinyr1.model.lora import ADAPTERS, CONNECTOR_TARGETS, LLM_TARGETS, has_adapters, scale
+from jax_tinyr1.model.lora import ADAPTERS, CONNECTOR_TARGETS, LLM_TARGETS, has_adapters
 from jax_tinyr1.model.qwen2 import Qwen2Config
 from jax_tinyr1.model.tinyllava import TinyLlavaConfig
 
@@ -56,9 +56,8 @@ def adapted_kernels(config) -> dict[str, tuple[str, float]]:
     """kernel path -> (its adapter's path without the _lora_a/_lora_b ending, scale)."""
     llm, prefix = _llm(config)
     out = {}
-    if llm.lora_rank:
-        s = scale(llm.lora_alpha, llm.lora_rank)
-        out.update({f"{prefix}layers/{t}_kernel": (f"{prefix}{ADAPTERS}/{t}", s) for t in llm.lora_targets})
+    s = llm.lora_scale
+    out.update({f"{prefix}layers/{t}_kernel": (f"{prefix}{ADAPTERS}/{t}", s) for t in llm.lora_targets})
     connector = getattr(config, "connector", None)
     if connector is not None and connector.lora_rank:
         s = connector.lora_scale
@@ -123,7 +122,7 @@ def peft_config(llm: Qwen2Config) -> dict:
         "r": llm.lora_rank,
         "lora_alpha": llm.lora_alpha,
         "lora_dropout": llm.lora_dropout,
-        "target_modules": [qwen2.LORA_MODULES[t].split(".")[-1] for t in llm.lora_targets],
+        "target_modules": [qwen2.peft_module(t) for t in llm.lora_targets],
         "bias": "none",
         "fan_in_fan_out": False,
         "use_rslora": False,
@@ -170,7 +169,7 @@ def lora_settings(peft: dict, where: Path) -> dict:
     modules = peft.get("target_modules")
     if not isinstance(modules, list):
         raise CheckpointError(f"{where}: target_modules must be a list of module names, got {modules!r}")
-    by_name = {qwen2.LORA_MODULES[t].split(".")[-1]: t for t in LLM_TARGETS}
+    by_name = {qwen2.peft_module(t): t for t in LLM_TARGETS}
     unknown = sorted(set(modules) - set(by_name))
     if unknown:
         raise CheckpointError(f"{where}: target_modules {unknown} are not among {sorted(by_name)}")
@@ -181,7 +180,7 @@ def lora_settings(peft: dict, where: Path) -> dict:
         "lora_rank": rank,
         "lora_alpha": float(peft.get("lora_alpha", 8)),
         "lora_dropout": float(peft.get("lora_dropout", 0.0)),
-        "lora_targets": tuple(t for t in LLM_TARGETS if qwen2.LORA_MODULES[t].split(".")[-1] in modules),
+        "lora_targets": tuple(t for t in LLM_TARGETS if qwen2.peft_module(t) in modules),  # the layer's order
         "lora_param_dtype": "float32",
     }
 

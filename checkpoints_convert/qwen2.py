@@ -41,6 +41,11 @@ LORA_MODULES = {
 }
 
 
+def peft_module(target: str) -> str:
+    """The name PEFT's `target_modules` gives an adapted projection (q -> q_proj)."""
+    return LORA_MODULES[target].split(".")[-1]
+
+
 def lora_rules(config: Qwen2Config) -> list[Rule]:
     """A PEFT LoRA adapter's tensors (names under PEFT's `base_model.model.`): lora_A.weight
     [r, in] is our A [in, r] transposed, lora_B.weight [out, r] our B [r, out]."""

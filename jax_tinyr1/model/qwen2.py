@@ -86,6 +86,11 @@ class Qwen2Config:
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy must be one of {sorted(REMAT_POLICIES)}, got {self.remat_policy!r}")
 
+    @property
+    def lora_scale(self) -> float:
+        """What the adapters' output is multiplied by (alpha / rank; 0 without adapters)."""
+        return scale(self.lora_alpha, self.lora_rank) if self.lora_rank else 0.0
+
 
 # What the backward pass of a rematerialised layer keeps from its forward pass (the rest it
 # recomputes), as `jax.checkpoint` policies. Fewer saved values: less memory, more FLOPs.
@@ -200,11 +205,10 @@ def decoder_layer(
     `attend(q_btnh, k_btkh, v_btkh) -> (out_btnh, extra)` runs the attention (and writes a
     cache when there is one); `extra` is returned beside the new activations."""
     n, k, h, eps = config.num_heads, config.num_kv_heads, config.head_dim, config.rms_norm_eps
-    lora_scale = scale(config.lora_alpha, config.lora_rank) if config.lora_rank else 0.0
 
     def project(target, y, bias=None):
         drop = None if dropout is None else dropout(target)
-        return adapted(layout.project, y, p[f"{target}_kernel"], bias, p, target, lora_scale, drop)
+        return adapted(layout.project, y, p[f"{target}_kernel"], bias, p, target, config.lora_scale, drop)
 
     y = rms_norm(x, p["input_norm"], eps, axis=layout.feature_axis)
     # The names are what a remat policy may keep (REMAT_POLICIES); outside remat they do nothing.

@@ -215,8 +215,7 @@ def _check_lora(values: dict[str, Any], config: TrainConfig, stage: str) -> None
         raise ConfigError(
             f"{stage}.trainable: with lora.rank > 0 the adapters train, and the connector as lora.connector says"
         )
-    copies_connector = lora.connector == "full"
-    if stage == "grpo" and "reference_dtype" in values.get("grpo", {}) and not copies_connector:
+    if stage == "grpo" and "reference_dtype" in values.get("grpo", {}) and lora.connector != "full":
         raise ConfigError(
             f"grpo.reference_dtype: with lora.connector={lora.connector} the reference is the base model with the "
             "adapters off; it keeps no copy of its own"

@@ -38,9 +38,8 @@ from jax.sharding import PartitionSpec as P
 
 from jax_tinyr1.cli import one_line
 from jax_tinyr1.grpo import update as grpo_update
-from jax_tinyr1.grpo.trainer import rollout_program
+from jax_tinyr1.grpo.trainer import reference_copy, rollout_program
 from jax_tinyr1.model import abstract_model
-from jax_tinyr1.model.layers import DTYPES
 from jax_tinyr1.model.lora import split_adapters
 from jax_tinyr1.model.sharding import batch_sharding, make_mesh
 from jax_tinyr1.sft import objective as sft_objective
@@ -198,14 +197,14 @@ def plan_run(config: TrainConfig, *, stage: str, devices, processes: int = 1) ->
     shard["opt_state"] = opt_state_shardings(optimizer, opt_abstract, shard["trainable"], mesh)
     opt_state = _abstract(opt_abstract, shard["opt_state"])
     with_reference = not sft and stage_config.objective.beta != 0
-    reference = (  # what the reference keeps of its own (grpo.trainer.reference_copy: no adapters)
-        jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, DTYPES[stage_config.reference_dtype], sharding=x.sharding),
+    reference = None
+    if with_reference:  # what the trainer's reference keeps of its own (no adapters), abstract
+        copied = jax.eval_shape(functools.partial(reference_copy, config=stage_config), trainable)
+        reference = jax.tree.map(
+            lambda r, t: jax.ShapeDtypeStruct(r.shape, r.dtype, sharding=t.sharding),
+            copied,
             split_adapters(trainable)[0],
         )
-        if with_reference
-        else None
-    )
     sizes = {
         "trainable": device_gib(trainable),
         "frozen": device_gib(frozen),
@@ -276,7 +275,7 @@ def plan_run(config: TrainConfig, *, stage: str, devices, processes: int = 1) ->
             logps = grpo_update.make_logps(graphdef, grpo)
             if with_reference:
                 # With LoRA the reference is the base (adapters off) and a copy of a full-trained connector.
-                lora = bool(split_adapters(trainable)[1])
+                lora = model_config.llm.lora_rank > 0
                 name = f"reference log-probs ({'adapters off' if lora else f'{grpo.reference_dtype} weights'})"
                 program = grpo_update.make_reference_logps(graphdef, grpo)
                 plans.append(
