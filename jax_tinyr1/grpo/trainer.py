@@ -82,7 +82,7 @@ class GRPOTrainer(Trainer):
 
     def reference_logps(self, batch: Batch) -> jax.Array:
         with jax.set_mesh(self.mesh):
-            return self._reference_logps(self.reference, self.trainable, self.frozen, batch)
+            return self._reference_logps(self.reference, split_adapters(self.trainable)[1], self.frozen, batch)
 
     # -- one step -------------------------------------------------------------------------
     def step(

@@ -11,7 +11,7 @@ import optax
 
 from jax_tinyr1.grpo.config import GRPOConfig
 from jax_tinyr1.grpo.loss import grpo_loss
-from jax_tinyr1.model.lora import merge_trees, split_adapters, without_adapters
+from jax_tinyr1.model.lora import merge_trees, without_adapters
 from jax_tinyr1.update.logprobs import policy_logps
 from jax_tinyr1.update.step import make_update, map_micro_batches
 
@@ -53,14 +53,14 @@ def make_logps(graphdef, config: GRPOConfig):
 
 
 def make_reference_logps(graphdef, config: GRPOConfig):
-    """reference_logps(reference, trainable, frozen, batch) -> [R, T]: the reference policy's
-    log-probs. `reference` holds the starting copy of what trains in full; the adapters,
-    when there are any, are switched off (the base model: LoRA's reference at no cost)."""
+    """reference_logps(reference, adapters, frozen, batch) -> [R, T]: the reference policy's
+    log-probs. `reference` holds the starting copy of what trains in full; `adapters` (the
+    trainable tree's adapter dicts, `lora.split_adapters`; empty without LoRA) are switched
+    off (the base model: LoRA's reference at no cost)."""
     logps = make_logps(graphdef, config)
 
-    def reference_logps(reference, trainable, frozen, batch: Batch):
-        adapters_off = without_adapters(split_adapters(trainable)[1])
-        return logps(merge_trees(adapters_off, reference), frozen, batch)
+    def reference_logps(reference, adapters, frozen, batch: Batch):
+        return logps(merge_trees(without_adapters(adapters), reference), frozen, batch)
 
     return reference_logps
 

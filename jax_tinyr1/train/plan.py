@@ -278,9 +278,10 @@ def plan_run(config: TrainConfig, *, stage: str, devices, processes: int = 1) ->
                 lora = model_config.llm.lora_rank > 0
                 name = f"reference log-probs ({'adapters off' if lora else f'{grpo.reference_dtype} weights'})"
                 program = grpo_update.make_reference_logps(graphdef, grpo)
-                plans.append(
-                    _compile(name, program, (reference, trainable, frozen, batch), runs=1, resident=sizes["opt_state"])
-                )
+                adapters = split_adapters(trainable)[1]
+                # The trainable weights it does not read (all of them without LoRA) stay resident.
+                resident = sizes["trainable"] - device_gib(adapters) + sizes["opt_state"]
+                plans.append(_compile(name, program, (reference, adapters, frozen, batch), runs=1, resident=resident))
             if grpo.updates_per_rollout > 1:
                 plans.append(
                     _compile(
