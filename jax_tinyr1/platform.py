@@ -2,8 +2,13 @@
 (plans for a target card and real runs alike), and JAX kept quiet on a machine whose only
 use of the CUDA plugin is to compile for a card it does not have.
 
-Applied when the package is imported, before JAX compiles anything (XLA reads its flags once
-per process). A flag the user already put in XLA_FLAGS is left as the user set it.
+`configure()` runs when the package is imported, before JAX compiles anything (XLA reads its
+flags once per process); it only sets environment variables, and never fails: every install
+(no plugin, the plugin without a GPU, `jax[cuda12]` with a GPU) must import. A flag the user
+already put in XLA_FLAGS is left as the user set it. `start_backend()` is what an entry point
+calls before its first JAX computation: it starts JAX's backends with the CUDA plugin's
+start-up lines (printed by its C++ library straight to the process's stderr when no driver is
+found) left out, and everything else on stderr passed through.
 
 Why `--xla_gpu_enable_triton_gemm=false`: with its default flags XLA:GPU fuses a transpose
 into the operand of a Triton matmul when the matmul's rows or contraction span two array
@@ -20,14 +25,24 @@ too). Element-wise work is still fused by XLA around the cuBLAS calls.
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 import logging
 import os
 import sys
+import tempfile
 
 GPU_XLA_FLAGS = ("--xla_gpu_enable_triton_gemm=false",)
-CUDA_PLUGIN = "jax_plugins.xla_cuda12"
+PLUGIN_NAMESPACE = "jax_plugins"
+CUDA_PLUGIN = f"{PLUGIN_NAMESPACE}.xla_cuda12"
+# The device nodes JAX itself looks for (jax._src.hardware_utils): a driver's first card,
+# its control node (containers), and WSL2's GPU paravirtualisation device.
+NVIDIA_DEVICE_NODES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg")
+# What the CUDA plugin's library prints at start when it finds no driver: nothing a user can act on.
+PLUGIN_NOISE = (
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+    "cudart_stub.cc",
+    "Unable to initialize backend 'cuda'",
+)
 
 
 def _flag_name(flag: str) -> str:
@@ -43,18 +58,31 @@ def add_gpu_xla_flags(environ=os.environ) -> None:
 
 
 def has_nvidia_gpu() -> bool:
-    """A CUDA driver's device nodes exist (containers with a GPU have them too)."""
-    return bool(glob.glob("/dev/nvidia[0-9]*"))
+    """An NVIDIA driver's device nodes exist, as JAX decides it (bare metal, containers, WSL2)."""
+    return any(os.path.exists(node) for node in NVIDIA_DEVICE_NODES)
+
+
+def cuda_plugin_installed() -> bool:
+    """Whether `jax_plugins.xla_cuda12` can be imported, without importing it. `find_spec` of a
+    dotted name imports its parent, and raises when the parent is absent: ask for the parent first."""
+    try:
+        return (
+            importlib.util.find_spec(PLUGIN_NAMESPACE) is not None and importlib.util.find_spec(CUDA_PLUGIN) is not None
+        )
+    except (ImportError, ValueError):  # a broken namespace package counts as no plugin
+        return False
+
+
+def plugin_without_gpu() -> bool:
+    return cuda_plugin_installed() and not has_nvidia_gpu()
 
 
 def keep_cuda_plugin_quiet(environ=os.environ) -> None:
     """With the CUDA plugin installed (to plan for GPUs) and no GPU here, JAX would print the
     plugin's failed initialisation, a traceback, at every start: use the CPU platform unless
     the user chose platforms."""
-    if has_nvidia_gpu() or importlib.util.find_spec(CUDA_PLUGIN) is None:
+    if not plugin_without_gpu():
         return
-    # JAX imports every installed plugin at start: without a GPU the CUDA one logs that it
-    # found no driver (XLA's C++ log, the plugin's Python log), which says nothing here.
     environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     logging.getLogger(CUDA_PLUGIN).setLevel(logging.ERROR)
     if environ.get("JAX_PLATFORMS"):
@@ -67,3 +95,30 @@ def keep_cuda_plugin_quiet(environ=os.environ) -> None:
 def configure() -> None:
     add_gpu_xla_flags()
     keep_cuda_plugin_quiet()
+
+
+def start_backend() -> None:
+    """Start JAX's backends now (idempotent). Without a GPU and with the plugin installed, the
+    plugin's library writes its start-up lines to file descriptor 2 from C++; they are held
+    back and every other line written meanwhile is passed on."""
+    import jax
+
+    if not plugin_without_gpu():
+        jax.devices()
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            jax.devices()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode(errors="replace").splitlines(keepends=True)
+            kept = [line for line in lines if not any(noise in line for noise in PLUGIN_NOISE)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()

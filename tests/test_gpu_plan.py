@@ -141,7 +141,7 @@ def test_target_errors_name_what_is_wrong(tiny_checkpoint, capsys, monkeypatch):
     code, err = run("--target", "a100-40gb", "--device-memory-gib", "40")
     assert code == 2 and "--device-memory-gib and --target" in err
     # Without the plugin: exit 2 with the one command that installs it.
-    monkeypatch.setattr(gpu_target, "PLUGIN_MODULE", "jax_plugins.not_installed")
+    monkeypatch.setattr(gpu_target.platform, "CUDA_PLUGIN", "jax_plugins.not_installed")
     code, err = run("--target", "a100-40gb")
     assert code == 2 and "pip install jax-cuda12-pjrt==0.10.2" in err
 

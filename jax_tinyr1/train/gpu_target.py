@@ -15,12 +15,12 @@ to parse with the plugin, and one derived for the L4; each file says which).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import re
 from pathlib import Path
 
 import jax
 
+from jax_tinyr1 import platform
 from jax_tinyr1.cli import BadInput
 
 TARGETS_DIR = Path(__file__).parent / "gpu_targets"
@@ -33,7 +33,6 @@ TARGETS: dict[str, tuple[str, str]] = {
     "l4-24gb": ("l4.txtpb", "L4 24 GB (derived from the RTX A6000 description; see the file)"),
     "ada-16gb": ("ada_16gb.txtpb", "a 16 GB Ada card (RTX 4060 Ti 16GB, RTX 4000 Ada): the L4 file with 16 GiB"),
 }
-PLUGIN_MODULE = "jax_plugins.xla_cuda12"
 # Memory a process loses on each card outside JAX's allocator: the CUDA context (kernels,
 # cuBLAS/cuDNN handles and workspaces) and, on a mesh of several cards, NCCL's buffers.
 CONTEXT_RESERVE_GIB = 0.5
@@ -122,7 +121,7 @@ def resolve_target(spec: str, mesh_size: int) -> GpuTarget:
 def compile_only_devices(target: GpuTarget) -> list:
     """CUDA devices of the target's card that compile but never run. JAX must be on its CPU
     platform (the entry point sets it); the plugin needs no GPU and no CUDA libraries."""
-    if importlib.util.find_spec(PLUGIN_MODULE) is None:
+    if not platform.cuda_plugin_installed():
         raise PlanTargetError(f"--target needs the PJRT CUDA plugin, which compiles for GPUs: {install_command()}")
     from jax.experimental import topologies
 
