@@ -9,6 +9,13 @@ instruction): a small model trained on one wording, like the demo's, may only fo
 Prints the reasoning and the answer, streamed token by token when stdout is a terminal, else at
 the end, then the seconds spent decoding the video, encoding it (vision tower + connector) and
 generating. A bad path or an unreadable video: exit 2, naming it.
+
+Options: lines already lettered ("A. a dog") are asked as given; plain texts ("a dog") are
+lettered A, B, C, ... in order. Fewer than two options, a mix of the two forms, or letters out
+of order: exit 2. No option at all asks an open question. An answer that names no offered
+letter is printed as it was written, with `(not an option)`.
+
+The heavy libraries (JAX, Flax, transformers) are imported only after the arguments are checked.
 """
 
 from __future__ import annotations
@@ -18,23 +25,12 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from checkpoints_convert.hub import converted_checkpoint
-from jax_tinyr1.cli import ConfigError, exits_on_bad_input
-from jax_tinyr1.data.answers import answer_content, parse_option_letter
-from jax_tinyr1.data.preprocess import preprocess_frames
-from jax_tinyr1.data.template import eos_id, eval_question, grpo_question, pad_id, prompt_ids
-from jax_tinyr1.data.tokenizer import checkpoint_tokenizer, load_tokenizer
-from jax_tinyr1.data.video import read_frame_folder, read_frames
-from jax_tinyr1.generate.sampler import generate, inference_split
-from jax_tinyr1.generate.sampling import SamplingConfig
-from jax_tinyr1.model.config_io import load_model_config
-from jax_tinyr1.model.layers import DTYPES
-from jax_tinyr1.model.spec import load_for_inference
+from jax_tinyr1 import platform
+from jax_tinyr1.cli import DTYPE_NAMES, ConfigError, exits_on_bad_input
+from jax_tinyr1.data.answers import LETTERS, answer_content, lettered_options, parse_option_letter
+from jax_tinyr1.data.template import eval_question, grpo_question
 
 
 class _Printer:
@@ -76,8 +72,27 @@ def ask(
 ) -> dict:
     """Everything that can be checked (the wording, the tokenizer and its end token, the
     prompt, the video) is, before the model is read; the model is read in its compute dtype."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jax_tinyr1.data.preprocess import preprocess_frames
+    from jax_tinyr1.data.template import eos_id, pad_id, prompt_ids
+    from jax_tinyr1.data.tokenizer import checkpoint_tokenizer, load_tokenizer
+    from jax_tinyr1.data.video import read_frame_folder, read_frames
+    from jax_tinyr1.generate.sampler import generate, inference_split
+    from jax_tinyr1.generate.sampling import SamplingConfig
+    from jax_tinyr1.model.config_io import load_model_config
+    from jax_tinyr1.model.spec import load_for_inference
+
     if prompt not in PROMPTS:
         raise ConfigError(f"prompt must be one of {sorted(PROMPTS)}, got {prompt!r}")
+    platform.start_backend()
+    if options:
+        try:
+            options = lettered_options(options)
+        except ValueError as e:
+            raise ConfigError(f"--option: {e}") from None
     config, _ = load_model_config(checkpoint)
     tokenizer = load_tokenizer(tokenizer_dir or checkpoint_tokenizer(checkpoint))
     eos = eos_id(tokenizer)
@@ -119,10 +134,13 @@ def ask(
     generate_s = time.perf_counter() - start
     text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
     content = answer_content(text)
+    letters = LETTERS[: len(options)]
+    letter = None if content is None or not options else parse_option_letter(content, letters)
     return {
         "question": question_text,
         "completion": text,
-        "answer": None if content is None else (parse_option_letter(content) or content.strip()),
+        "answer": letter or (None if content is None else content.strip()),
+        "answer_is_option": letter is not None,
         "tokens": len(tokens),
         "seconds": {"decode_video": decode_s, "encode_video": encode_s, "generate": generate_s},
     }
@@ -140,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tokenizer", type=Path, default=None, help="default: CHECKPOINT/tokenizer")
     parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), default=None, help="compute (and weight) dtype; default: the checkpoint's"
+        "--dtype", choices=DTYPE_NAMES, default=None, help="compute (and weight) dtype; default: the checkpoint's"
     )
     parser.add_argument(
         "--prompt", choices=tuple(PROMPTS), default="eval", help="the evaluation's wording or GRPO training's"
@@ -149,9 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     stream = sys.stdout.isatty()
     if args.max_new_tokens < 1 or args.temperature < 0:
         raise ConfigError("--max-new-tokens must be >= 1 and --temperature >= 0")
-    args.checkpoint = converted_checkpoint(str(args.checkpoint))  # a hub id: converted once, then cached
+    if args.option:
+        try:
+            lettered_options(args.option)
+        except ValueError as e:
+            raise ConfigError(f"--option: {e}") from None
     if not args.video.exists():
         raise FileNotFoundError(f"--video {args.video}: no such file or folder")
+    from checkpoints_convert.cache import converted_checkpoint
+
+    args.checkpoint = converted_checkpoint(str(args.checkpoint))  # a hub id: converted once, then cached
     result = ask(
         args.checkpoint,
         args.video,
@@ -166,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         dtype=args.dtype,
     )
     print("" if stream else result["completion"])
-    print(f"answer: {result['answer']}")
+    unoffered = args.option and result["answer"] is not None and not result["answer_is_option"]
+    not_option = " (not an option)" if unoffered else ""
+    print(f"answer: {result['answer']}{not_option}")
     s = result["seconds"]
     print(
         f"seconds: decode video {s['decode_video']:.2f}, encode video {s['encode_video']:.2f}, "

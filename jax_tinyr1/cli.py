@@ -10,6 +10,9 @@ import functools
 import sys
 
 EXIT_BAD_INPUT = 2
+# The dtype names configs, checkpoints, exports and flags use (model.layers.DTYPES maps them to
+# JAX's types); here so that an entry point checks its flags before importing JAX.
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
 class BadInput(ValueError):

@@ -255,8 +255,16 @@ def test_ask_one_video_streamed_and_plain(layouts, checkpoint, tmp_path, capsys)
     assert result["question"] == eval_question("How many?")
     # As GRPO training asked it (the demo's models know only that wording).
     ask_quietly = functools.partial(ask, checkpoint, video, tokenizer_dir=None, temperature=0.0, seed=0, stream=False)
-    trained = ask_quietly("How many?", ["A. 1"], max_new_tokens=2, prompt="train")
-    assert trained["question"] == grpo_question("How many?\nA. 1") != eval_question("How many?\nA. 1")
+    trained = ask_quietly("How many?", ["A. 1", "B. 2"], max_new_tokens=2, prompt="train")
+    assert trained["question"] == grpo_question("How many?\nA. 1\nB. 2") != eval_question("How many?\nA. 1\nB. 2")
+    # Plain option texts are lettered in order; the answer is a letter offered, or said not to be.
+    plain = ask_quietly("How many?", ["1", "2", "3"], max_new_tokens=6)
+    assert plain["question"] == eval_question("How many?\nA. 1\nB. 2\nC. 3")
+    assert plain["answer"] is None or plain["answer_is_option"] == (plain["answer"] in ("A", "B", "C"))
+    # One option, a mix of lettered and plain ones, letters out of order: refused before the model is read.
+    for options in (["A. 1"], ["A. 1", "2"], ["A. 1", "C. 2"]):
+        assert ask_main([*args, *[x for o in options for x in ("--option", o)]]) == 2
+        assert "--option: " in capsys.readouterr().err
     assert ask_main([*args, "--prompt", "train", "--max-new-tokens", "2"]) == 0
     with pytest.raises(SystemExit) as refused:  # argparse's own exit for an unknown choice
         ask_main([*args, "--prompt", "chat"])

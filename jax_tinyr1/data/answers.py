@@ -14,11 +14,35 @@ _ORIGINAL_EVAL_ANSWER = re.compile(r"<answer>\s*(.*?)\s*</answer>")
 _PARENTHESISED = re.compile(r"\(([A-Za-z])\)")
 LETTERS = string.ascii_uppercase  # option i is LETTERS[i]
 OPTION_LETTERS = LETTERS[:10]  # A..J: more options than any benchmark has
+# An option line as questions lay them out: "A. text", "(B) text", "C) text".
+OPTION_LINE = re.compile(r"^\s*\(?([A-Z])[.)]\s*(.*\S)?\s*$")
 
 
 def option_lines(options) -> str:
     """ "A. first\\nB. second..." as the questions list their options."""
     return "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+
+
+def lettered_options(options) -> list[str]:
+    """Option lines for a question asked by hand (`ask`, the server): lines already lettered
+    "A. ..." are kept; plain texts are lettered A, B, ... in order. Refused (ValueError, with
+    the reason): fewer than two options, lettered and plain lines mixed, letters that are not
+    A, B, C, ... in order, more options than OPTION_LETTERS."""
+    options = [str(o).strip() for o in options]
+    if len(options) < 2:
+        raise ValueError(f"a multiple-choice question needs at least two options, got {len(options)}")
+    if len(options) > len(OPTION_LETTERS):
+        raise ValueError(f"at most {len(OPTION_LETTERS)} options, got {len(options)}")
+    matches = [OPTION_LINE.match(o) for o in options]
+    if not any(matches):
+        return option_lines(options).splitlines()
+    if not all(matches):
+        plain = [o for o, m in zip(options, matches, strict=True) if not m]
+        raise ValueError(f'give every option with its letter ("A. ...") or none: {plain[0]!r} has none')
+    letters = "".join(m.group(1) for m in matches)
+    if letters != LETTERS[: len(options)]:
+        raise ValueError(f"option letters must run A, B, C, ... in order, got {', '.join(letters)}")
+    return options
 
 
 def answer_content(text: str) -> str | None:

@@ -16,11 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jax_tinyr1.data.answers import LETTERS, label_letter
+from jax_tinyr1.data.answers import LETTERS, OPTION_LINE, label_letter
 from jax_tinyr1.data.policy import BadInputPolicy, DataError
 from jax_tinyr1.data.template import REASONING_SUFFIX
-
-_OPTION_LINE = re.compile(r"^\s*\(?([A-Z])[.)]\s*(.*\S)?\s*$")
 
 
 @dataclass(frozen=True)
@@ -39,7 +37,7 @@ def parse_options(problem: str) -> tuple[str, ...]:
     """Option texts from consecutive lines "A. ...", "B. ..." (in letter order from A)."""
     options = []
     for line in problem.splitlines():
-        match = _OPTION_LINE.match(line)
+        match = OPTION_LINE.match(line)
         if match and match.group(1) == LETTERS[len(options)]:
             options.append((match.group(2) or "").strip())
     return tuple(options)
@@ -105,6 +103,24 @@ def _parse(items: Iterator[tuple[str, Any]], one, policy: BadInputPolicy) -> lis
 # -- the formats ------------------------------------------------------------------------------
 
 
+# The fields training reads, as the original reads them; `id` names a record in messages.
+GRPO_FIELDS = ("problem", "solution", "video_filename", "id")
+COLD_START_FIELDS = ("video", "conversations", "id")
+
+
+def _unread(item: dict, read: tuple[str, ...]) -> dict[str, Any]:
+    return {"unread": tuple(sorted(set(item) - set(read)))}
+
+
+def unread_fields(records: list[Record]) -> dict[str, int]:
+    """Field name -> how many records carry it unread (a run says so at start)."""
+    counts: dict[str, int] = {}
+    for record in records:
+        for name in record.meta.get("unread", ()):
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 def _grpo_item(item, where):
     _require(item, ("problem", "solution", "video_filename"), where)
     video = str(item["video_filename"])
@@ -119,6 +135,7 @@ def _grpo_item(item, where):
         answer=answer,
         id=str(item.get("id", where)),
         source=where,
+        meta=_unread(item, GRPO_FIELDS),
     )
 
 
@@ -147,6 +164,7 @@ def _cold_start_item(item, where):
         id=str(item.get("id", where)),
         source=where,
         response=gpt,
+        meta=_unread(item, COLD_START_FIELDS),
     )
 
 

@@ -6,8 +6,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax_tinyr1.cli import DTYPE_NAMES
+
 # The one dtype table: the names configs, checkpoints and exports use, and their types.
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = {name: getattr(jnp, name) for name in DTYPE_NAMES}
 # What a stored copy beside float32 master weights may be kept in (the GRPO reference
 # weights, the Adam moments): full precision or bf16's half memory (float16's range is too
 # small for moments).
