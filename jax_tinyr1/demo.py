@@ -28,14 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jax_tinyr1 import platform
 from jax_tinyr1.cli import exits_on_bad_input
 from jax_tinyr1.data.formats import read_cold_start_json, read_grpo_jsonl
 from jax_tinyr1.data.policy import BadInputPolicy, DataError
 from jax_tinyr1.data.synthetic import generate
 from jax_tinyr1.data.template import eos_id, grpo_question, pad_id
 from jax_tinyr1.data.tokenizer import build_tokenizer
-from jax_tinyr1.eval.__main__ import evaluate
 from jax_tinyr1.eval.benchmarks import load_benchmark
+from jax_tinyr1.eval.run import evaluate
 from jax_tinyr1.eval.scoring import score
 from jax_tinyr1.generate.sampling import SamplingConfig
 from jax_tinyr1.model import build_model, get_preset, load_pretrained, save_pretrained
@@ -326,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a much shorter run (the test suite's)")
     parser.add_argument("--seed", type=int, default=0, help="every random draw (data, weights, order, sampling)")
     args = parser.parse_args(argv)
+    platform.start_backend()
     run(args.out, quick=args.quick, seed=args.seed)
     return 0
 

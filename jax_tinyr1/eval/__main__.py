@@ -9,7 +9,11 @@ is given. Every item the benchmark defines is accounted for per task: found, eva
 missing (no video file), undecodable. When any item could not be evaluated the command exits
 4 naming the first files, unless --allow-missing (the table then says how many were left
 out). Writes a results JSON (protocol, accounting, throughput, per-item outputs) and prints a
-table.
+table. The JSON goes to --out, by default `runs/eval/NAME/BENCHMARK.json` under the current
+directory, NAME being the checkpoint's folder and its parent's (`runs/paper/final` ->
+`paper-final`): a checkpoint's folder is never written into unless --out says so.
+
+The heavy libraries (JAX, Flax, transformers) are imported only after the arguments are checked.
 """
 
 from __future__ import annotations
@@ -17,101 +21,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import jax
-
-from checkpoints_convert.hub import converted_checkpoint
-from jax_tinyr1.cli import ConfigError, exits_on_bad_input
-from jax_tinyr1.data.formats import Record
-from jax_tinyr1.data.loader import LoaderConfig
-from jax_tinyr1.data.policy import POLICIES, BadInputPolicy, DataError
-from jax_tinyr1.data.preprocess import preprocess_frames
-from jax_tinyr1.data.template import eos_id, pad_id, prompt_ids
-from jax_tinyr1.data.tokenizer import checkpoint_tokenizer, load_tokenizer
-from jax_tinyr1.eval.benchmarks import BENCHMARKS, Item, load_benchmark
+from jax_tinyr1 import platform
+from jax_tinyr1.cli import DTYPE_NAMES, ConfigError, exits_on_bad_input
+from jax_tinyr1.data.policy import POLICIES, BadInputPolicy
+from jax_tinyr1.eval.benchmarks import BENCHMARKS, load_benchmark
 from jax_tinyr1.eval.scoring import PROTOCOLS, format_table, score
-from jax_tinyr1.generate.answer import Answerer
-from jax_tinyr1.generate.sampling import SamplingConfig
-from jax_tinyr1.model.layers import DTYPES
-from jax_tinyr1.model.spec import load_for_inference
 
 EXIT_INCOMPLETE = 4
 SHOWN_MISSING = 5  # files named in the message
 
 
-def evaluate(
-    model,
-    config,
-    tokenizer,
-    items: list[Item],
-    *,
-    question: Callable[[Record], str],
-    batch_size: int,
-    sampling: SamplingConfig,
-    seed: int = 0,
-    workers: int = 4,
-) -> tuple[dict[int, str], dict[int, str], dict[str, float]]:
-    """(outputs by item index, undecodable items' messages by index, throughput). Batches
-    are items of similar prompt length; the next batch's videos are decoded and preprocessed
-    (`workers` threads) while the current one generates."""
-    start = time.perf_counter()
-    answerer = Answerer(model, sampling, pad_multiple=LoaderConfig.pad_multiple)
-    prompts = [prompt_ids(tokenizer, question(item.record)) for item in items]
-    order = sorted(range(len(items)), key=lambda i: len(prompts[i]))
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    outputs, undecodable = {}, {}
-    generated_tokens, generate_s = 0, 0.0
-
-    def frames_of(i):
-        try:
-            return i, preprocess_frames(items[i].read(config.num_frames), config.vision.image_size), None
-        except DataError as e:  # VideoDecodeError included
-            return i, None, str(e)
-
-    with ThreadPoolExecutor(max(1, workers)) as decoders, ThreadPoolExecutor(1) as prefetch:
-
-        def load(batch):
-            return list(decoders.map(frames_of, batch))
-
-        pending = prefetch.submit(load, batches[0]) if batches else None
-        for k, _ in enumerate(batches):
-            loaded = pending.result()
-            pending = prefetch.submit(load, batches[k + 1]) if k + 1 < len(batches) else None
-            good = [(i, f) for i, f, error in loaded if error is None]
-            undecodable.update({i: error for i, _, error in loaded if error is not None})
-            if not good:
-                continue
-            began = time.perf_counter()
-            key = jax.random.fold_in(jax.random.key(seed), k)
-            tokens = answerer([prompts[i] for i, _ in good], [f for _, f in good], key, rows=batch_size)
-            generate_s += time.perf_counter() - began
-            for (i, _), row in zip(good, tokens, strict=True):
-                generated_tokens += len(row)
-                outputs[i] = tokenizer.decode(row, skip_special_tokens=True).strip()
-    elapsed = time.perf_counter() - start
-    throughput = {
-        "seconds": elapsed,
-        "videos_per_s": len(outputs) / elapsed if elapsed else 0.0,
-        "generated_tokens_per_s": generated_tokens / generate_s if generate_s else 0.0,
-        "generate_seconds": generate_s,
-    }
-    return outputs, undecodable, throughput
-
-
-def accounting(bench, missing: set[int], undecodable: dict[int, str], evaluated: set[int]) -> dict[str, dict]:
-    """Per task: items found in the annotations, evaluated, missing (no video), undecodable."""
-    table = {t: {"found": 0, "evaluated": 0, "missing": 0, "undecodable": 0} for t in bench.tasks}
-    for i, item in enumerate(bench.items):
-        row = table.setdefault(item.task, {"found": 0, "evaluated": 0, "missing": 0, "undecodable": 0})
-        row["found"] += 1
-        row["evaluated"] += i in evaluated
-        row["missing"] += i in missing
-        row["undecodable"] += i in undecodable
-    return table
+def default_results_path(checkpoint: str, benchmark: str) -> Path:
+    """runs/eval/NAME/BENCHMARK.json: NAME the checkpoint folder's parent and own name (a hub
+    id's owner and name), so that runs/a/final and runs/b/final do not overwrite each other."""
+    parts = [p for p in Path(checkpoint).parts if p not in ("/", ".", "..")][-2:]
+    return Path("runs") / "eval" / "-".join(parts or ["checkpoint"]) / f"{benchmark}.json"
 
 
 @exits_on_bad_input
@@ -122,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--tokenizer", type=Path, default=None, help="default: CHECKPOINT/tokenizer")
     parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), default=None, help="compute (and weight) dtype; default: the checkpoint's"
+        "--dtype", choices=DTYPE_NAMES, default=None, help="compute (and weight) dtype; default: the checkpoint's"
     )
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="original")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -131,12 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4, help="threads decoding the next batch's videos")
     parser.add_argument("--allow-missing", action="store_true", help="score what could be evaluated, say what not")
     parser.add_argument("--bad-input", choices=POLICIES, default="error", help="a malformed annotation item")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="results JSON (default: CHECKPOINT/eval_<benchmark>.json)"
-    )
+    parser.add_argument("--out", type=Path, default=None, help="results JSON (default: runs/eval/NAME/BENCHMARK.json)")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.max_new_tokens < 1:
         raise ConfigError("--batch-size and --max-new-tokens must be >= 1")
+    out = args.out or default_results_path(str(args.checkpoint), args.benchmark)
+    from checkpoints_convert.cache import converted_checkpoint
+
     args.checkpoint = converted_checkpoint(str(args.checkpoint))  # a hub id: converted once, then cached
     policy = BadInputPolicy(args.bad_input)
     bench = load_benchmark(args.benchmark, args.data, policy)
@@ -150,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INCOMPLETE
+    from jax_tinyr1.data.template import eos_id, pad_id, prompt_ids
+    from jax_tinyr1.data.tokenizer import checkpoint_tokenizer, load_tokenizer
+    from jax_tinyr1.eval.run import accounting, evaluate
+    from jax_tinyr1.generate.sampling import SamplingConfig
+    from jax_tinyr1.model.spec import load_for_inference
+
     tokenizer = load_tokenizer(args.tokenizer or checkpoint_tokenizer(args.checkpoint))
     protocol = PROTOCOLS[args.protocol]
     sampling = SamplingConfig(
@@ -161,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for item in bench.items:  # every prompt is well formed before the model is read
         prompt_ids(tokenizer, bench.question(item.record))
+    platform.start_backend()
     model, config = load_for_inference(args.checkpoint, args.dtype)
     present = [i for i in range(len(bench.items)) if i not in missing]
     outputs, undecodable, throughput = evaluate(
@@ -195,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
     )
-    out = args.out or args.checkpoint / f"eval_{args.benchmark}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print(format_table(results, table))
     if left_out or bench.missing_files:
