@@ -7,7 +7,8 @@ The model type is read from DIR/config.json; `--model-type`, when given, must ag
 
 qwen2 output loads in `transformers.Qwen2ForCausalLM`, siglip in `SiglipVisionModel`,
 tinyllava is the original combined layout; `--component llm|vision` exports only the
-language model or the vision tower of a tinyllava checkpoint as a plain HF directory. A
+language model (with its tokenizer) or the vision tower (with its preprocessor_config.json) of
+a tinyllava checkpoint as a plain HF directory that transformers' Auto classes load. A
 checkpoint with LoRA adapters: `--merge-lora` exports the merged model in any of these
 layouts; `--adapter DIR` writes the adapters as a PEFT adapter (checkpoints_convert/adapters.py).
 Parameters are read one at a time (an orbax partial load) and their tensors converted and
@@ -27,9 +28,15 @@ import numpy as np
 from checkpoints_convert.adapters import MergedParams, write_peft_adapter
 from checkpoints_convert.families import get_family
 from checkpoints_convert.mapping import export_params
-from checkpoints_convert.original_layout import GENERATION_CONFIG, complete_combined_export, write_vision_extras
+from checkpoints_convert.original_layout import (
+    GENERATION_CONFIG,
+    complete_combined_export,
+    write_tokenizer,
+    write_vision_extras,
+)
 from checkpoints_convert.reading import read_checkpoint
 from checkpoints_convert.safetensors_io import SINGLE_FILE, write_safetensors
+from jax_tinyr1 import platform
 from jax_tinyr1.cli import CheckpointError, exits_on_bad_input
 from jax_tinyr1.data.tokenizer import checkpoint_tokenizer
 from jax_tinyr1.model.config_io import load_model_config
@@ -91,11 +98,15 @@ def convert(
     family = get_family(model_type)
     rules = family.rules_with_prefix(config, family.entry.hf_prefixes[0])
     hf_config = family.config_to_hf(config, dtype, passthrough)
+    if tokenizer is None and checkpoint_tokenizer(checkpoint).is_dir():
+        tokenizer = checkpoint_tokenizer(checkpoint)
     if model_type == "tinyllava":
-        if tokenizer is None and checkpoint_tokenizer(checkpoint).is_dir():
-            tokenizer = checkpoint_tokenizer(checkpoint)
         hf_config.update(complete_combined_export(out, full_config, dtype, passthrough, tokenizer))
     write_hf_dir(out, rules, params, hf_config, dtype)
+    # A language model's directory loads its tokenizer from itself (AutoTokenizer).
+    if model_type == "qwen2" and (tokenizer is None or not write_tokenizer(Path(tokenizer), out)):
+        where = checkpoint_tokenizer(checkpoint)
+        print(f"warning: {out} has no tokenizer (none in {where}; --tokenizer DIR adds one)", file=sys.stderr)
     if model_type in ("tinyllava", "qwen2") and (checkpoint / GENERATION_CONFIG).is_file():
         shutil.copy2(checkpoint / GENERATION_CONFIG, out / GENERATION_CONFIG)  # as imported
     if model_type == "siglip":  # the image processor the original (and HF pipelines) build from the directory
@@ -137,9 +148,11 @@ def main(argv: list[str] | None = None) -> int:
         "--tokenizer",
         type=Path,
         default=None,
-        help="tinyllava: the tokenizer written beside the export (default: CHECKPOINT/tokenizer)",
+        help="the tokenizer written with the export: beside a tinyllava one, into a language model's directory "
+        "(default: CHECKPOINT/tokenizer)",
     )
     args = parser.parse_args(argv)
+    platform.start_backend()
     if args.out is None and args.adapter is None:
         parser.error("--out is required (or --adapter DIR alone)")
     if args.adapter is not None:

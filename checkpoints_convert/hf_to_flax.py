@@ -32,6 +32,7 @@ from checkpoints_convert.hub import resolve_hf_dir
 from checkpoints_convert.mapping import flatten, import_leaves
 from checkpoints_convert.original_layout import GENERATION_CONFIG, write_tokenizer
 from checkpoints_convert.safetensors_io import SafetensorsReader
+from jax_tinyr1 import platform
 from jax_tinyr1.cli import CheckpointError, exits_on_bad_input
 from jax_tinyr1.data.template import EOS_TOKEN, eos_id
 from jax_tinyr1.data.tokenizer import checkpoint_tokenizer, load_tokenizer
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
+    platform.start_backend()
     if args.adapter is not None:
         if args.base is None or args.hf_dir is not None or args.param_dtype is not None:
             parser.error("--adapter takes --base (our checkpoint) and --out, not --hf-dir or --param-dtype")

@@ -42,10 +42,13 @@ def download(repo: str, revision: str | None = None, files: list[str] = HUB_FILE
     try:
         return Path(snapshot_download(repo, revision=revision, allow_patterns=files, local_files_only=offline()))
     except LocalEntryNotFoundError:
+        # Raised both in offline mode and when the hub cannot be reached: say which.
         cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        why = "HF_HUB_OFFLINE is set" if offline() else "the hub could not be reached (no network?)"
+        fix = "unset HF_HUB_OFFLINE" if offline() else "check the network or a proxy setting"
         raise CheckpointError(
-            f"{where}: not in the hub cache ({cache}) and HF_HUB_OFFLINE is set (nor a local directory); download it "
-            f"(huggingface-cli download {repo}) or unset HF_HUB_OFFLINE"
+            f"{where}: not in the hub cache ({cache}) and {why} (nor a local directory); download it where the hub "
+            f"is reachable (hf download {repo} --local-dir DIR, then pass DIR) or {fix}"
         ) from None
     except (RepositoryNotFoundError, RevisionNotFoundError) as e:
         raise CheckpointError(
@@ -57,35 +60,3 @@ def resolve_hf_dir(spec: str | Path) -> Path:
     """A local directory as it is; a hub id as its downloaded snapshot."""
     found = hub_id(spec)
     return Path(spec) if found is None else download(*found)
-
-
-def converted_cache() -> Path:
-    return Path(os.environ.get("JAX_TINYR1_CACHE", "~/.cache/jax_tinyr1")).expanduser() / "converted"
-
-
-def converted_checkpoint(spec: str, *, weights: bool = True) -> Path:
-    """`model.checkpoint` as a hub id: the snapshot converted once into our cache
-    (JAX_TINYR1_CACHE, default ~/.cache/jax_tinyr1) and reused; `weights=False` converts the
-    config alone (what `--plan` reads). A local path is returned as it is."""
-    found = hub_id(spec)
-    if found is None:
-        return Path(spec)
-    from checkpoints_convert import hf_to_flax
-    from checkpoints_convert.families import get_family
-    from jax_tinyr1.model.config_io import CONFIG_FILE, save_model_config
-    from jax_tinyr1.model.registry import type_from_hf
-
-    snapshot = download(*found, files=HUB_FILES if weights else ["config.json"])
-    out = converted_cache() / f"{found[0].replace('/', '--')}@{snapshot.name}{'' if weights else '-config'}"
-    if (out / CONFIG_FILE).is_file():
-        return out
-    if weights:
-        hf_to_flax.convert(None, snapshot, out, overwrite=True)
-    else:
-        import json
-
-        hf = json.loads((snapshot / "config.json").read_text())
-        config, passthrough = get_family(type_from_hf(hf, snapshot / "config.json").name).config_from_hf(hf)
-        out.mkdir(parents=True, exist_ok=True)
-        save_model_config(out, config, hf_passthrough=passthrough)
-    return out

@@ -40,6 +40,16 @@ def save_model_config(directory: Path, config, **extra) -> None:
     (Path(directory) / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n")
 
 
+def is_hf_config(path: Path) -> bool:
+    """A config.json in the Hugging Face layout (a published checkpoint's), not ours: ours
+    always nests the model's fields under "config"."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(payload, dict) and "model_type" in payload and "config" not in payload
+
+
 def load_model_config(directory: Path) -> tuple[Any, dict[str, Any]]:
     """(config, extra fields) from a checkpoint directory written by us; the config's class
     is its model type (`registry.type_of`)."""
@@ -50,6 +60,11 @@ def load_model_config(directory: Path) -> tuple[Any, dict[str, Any]]:
         payload = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if is_hf_config(path):
+        raise CheckpointError(
+            f"{path}: a Hugging Face config.json (a downloaded checkpoint), not a converted one: convert it with "
+            f"python -m checkpoints_convert.hf_to_flax --hf-dir {path.parent} --out DIR (--plan reads it as it is)"
+        )
     model_type = payload.get("model_type")
     if model_type not in MODEL_TYPES:
         raise CheckpointError(f"{path}: model_type {model_type!r} is not one of {sorted(MODEL_TYPES)}")

@@ -54,7 +54,10 @@ class ModelSpec:
         if self.checkpoint:
             path = Path(self.checkpoint)
             if not (path / CONFIG_FILE).is_file():
-                raise FileNotFoundError(f"model.checkpoint: {path / CONFIG_FILE} not found")
+                raise FileNotFoundError(
+                    f"model.checkpoint: {path / CONFIG_FILE} not found (convert a checkpoint there with "
+                    "checkpoints_convert.hf_to_flax, or, for --plan, name the shapes alone: model.preset=NAME)"
+                )
             config, _ = load_model_config(path)
             if not isinstance(config, TinyLlavaConfig):
                 raise ConfigError(

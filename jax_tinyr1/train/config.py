@@ -167,9 +167,20 @@ def from_dict(cls, values: dict[str, Any], where: str = ""):
         raise ConfigError(f"{where or 'config'}: {e}") from None
 
 
+# Keys that exclude each other: the command line choosing one drops the other from the file,
+# so that `model.preset=tinyllava-video-3b` plans a recipe whose YAML names a checkpoint.
+EXCLUSIVE_KEYS = {"model.preset": "model.checkpoint", "model.checkpoint": "model.preset"}
+
+
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """`a.b=v` sets values["a"]["b"] = yaml(v)."""
     values = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items()}
+    given = {o.split("=", 1)[0] for o in overrides}
+    for key, other in EXCLUSIVE_KEYS.items():
+        if key in given and other not in given:
+            section, leaf = other.split(".")
+            if isinstance(values.get(section), dict):
+                values[section].pop(leaf, None)
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"override {override!r} is not of the form section.key=value")

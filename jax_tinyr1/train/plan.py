@@ -36,6 +36,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jax_tinyr1 import platform
 from jax_tinyr1.cli import one_line
 from jax_tinyr1.grpo import update as grpo_update
 from jax_tinyr1.grpo.trainer import reference_copy, rollout_program
@@ -45,11 +46,10 @@ from jax_tinyr1.model.sharding import batch_sharding, make_mesh
 from jax_tinyr1.sft import objective as sft_objective
 from jax_tinyr1.train.config import ConfigError, TrainConfig, grpo_config, sft_config
 from jax_tinyr1.train.flops import jaxpr_matmul_flops
-from jax_tinyr1.train.gpu_target import JAX_DEFAULT_MEM_FRACTION, compile_only_devices, resolve_target
+from jax_tinyr1.train.gpu_target import GIB, JAX_DEFAULT_MEM_FRACTION, compile_only_devices, resolve_target
 from jax_tinyr1.update.optimizer import make_optimizer, opt_state_shardings
 from jax_tinyr1.update.params import drop, encode_program, param_shardings, take
 
-GIB = 1024**3
 PLAN_DEVICES_FLAG = "--xla_force_host_platform_device_count"
 EXIT_OVER_BUDGET = 3
 MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
@@ -127,6 +127,9 @@ def _compile_one(
     name, fn, args, *, devices, runs, resident, in_shardings=None, out_shardings=None, donate=(), while_trips=1
 ):
     kwargs = {} if in_shardings is None else {"in_shardings": in_shardings, "out_shardings": out_shardings}
+    print(
+        f"plan: compiling {name} for {len(devices)} {devices[0].device_kind} device(s)...", file=sys.stderr, flush=True
+    )
     start = time.perf_counter()
     traced = jax.jit(fn, donate_argnums=donate, **kwargs).trace(*args)
     lowered = traced.lower()
@@ -135,6 +138,7 @@ def _compile_one(
     except jax.errors.JaxRuntimeError as e:
         raise ProgramCompileError(f"{name}: XLA cannot compile it: {one_line(e)[:3000]}") from e
     seconds = time.perf_counter() - start
+    print(f"plan: compiled {name} in {seconds:.1f} s", file=sys.stderr, flush=True)
     memory = compiled.memory_analysis()
     if devices[0].platform == "cpu":
         gflops = _flops(compiled.cost_analysis()) / 1e9
@@ -360,9 +364,28 @@ def mem_fraction() -> float:
     return value
 
 
-def run_plan(config: TrainConfig, *, stage: str, device_memory_gib: float | None, target: str | None = None) -> int:
+def model_line(config: TrainConfig, source: str | None = None) -> str:
+    """What is planned: the model's source and its parameters by part (no weights read)."""
+    state = nnx.to_pure_dict(nnx.state(abstract_model(config.model.resolve(config.lora))))
+    counts = {part: sum(math.prod(x.shape) for x in jax.tree.leaves(sub)) for part, sub in state.items()}
+    parts = ", ".join(f"{part} {n / 1e9:.3f}B" for part, n in counts.items())
+    where = source or config.model.settings()["source"]
+    return f"model: {where}: {sum(counts.values()) / 1e9:.3f}B parameters ({parts})"
+
+
+def run_plan(
+    config: TrainConfig,
+    *,
+    stage: str,
+    device_memory_gib: float | None,
+    target: str | None = None,
+    source: str | None = None,
+) -> int:
     """Print the plan; exit code 3 when the largest program exceeds the budget: what the
-    target card gives (with `target`), else `device_memory_gib` when given."""
+    target card gives (with `target`), else `device_memory_gib` when given. `source` names the
+    model where config.model.checkpoint is a converted copy of what the user gave."""
+    platform.start_backend()
+    print(model_line(config, source), flush=True)
     if target is None:
         devices = plan_devices(config.mesh.size)
         plans = plan_run(config, stage=stage, devices=devices, processes=jax.process_count())

@@ -12,15 +12,18 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 
-from checkpoints_convert.hub import converted_checkpoint, hub_id
+from checkpoints_convert.cache import converted_checkpoint
+from checkpoints_convert.hub import hub_id
+from jax_tinyr1 import platform
 from jax_tinyr1.cli import exits_on_bad_input
-from jax_tinyr1.data.formats import read_cold_start_json, read_grpo_jsonl
+from jax_tinyr1.data.formats import read_cold_start_json, read_grpo_jsonl, unread_fields
 from jax_tinyr1.data.loader import VideoQALoader, fit_widths
 from jax_tinyr1.data.policy import BadInputPolicy, DataError
 from jax_tinyr1.data.template import eos_id, pad_id
@@ -200,23 +203,37 @@ def run_tokenizer(config: TrainConfig) -> Path | None:
 
 
 def with_hub_checkpoint(config: TrainConfig, *, weights: bool) -> TrainConfig:
-    """model.checkpoint given as a hub id: converted once into our cache, then used from there."""
-    if not config.model.checkpoint or hub_id(config.model.checkpoint) is None:
+    """model.checkpoint given as a hub id: converted once into our cache, then used from there;
+    for a plan (`weights=False`) a downloaded directory's own config.json is read too."""
+    if not config.model.checkpoint:
+        return config
+    if hub_id(config.model.checkpoint) is None and weights:
         return config
     local = converted_checkpoint(config.model.checkpoint, weights=weights)
     return dataclasses.replace(config, model=dataclasses.replace(config.model, checkpoint=str(local)))
 
 
+# Where the paper's training data comes from (the original's README): the published data set.
+DOWNLOAD_DATA = "hf download --repo-type dataset Zhang199/TinyLLaVA-Video-R1-training-data"
+
+
 def train(config: TrainConfig, *, stage: str) -> Path:
     """Run (or resume) training of `stage` ("sft" or "grpo"); returns the final model's directory."""
+    platform.start_backend()
     spec = STAGES[stage]
     out = Path(config.run.output_dir)
     root = Path(config.data.root)
     if not root.is_dir():
-        raise ConfigError(f"data.root: {config.data.root!r} is not a directory")
+        raise ConfigError(
+            f"data.root: {config.data.root!r} is not a directory; the paper's data: {DOWNLOAD_DATA} --local-dir "
+            f"{config.data.root} (or data.root=DIR where it is); a synthetic set: python -m jax_tinyr1.data.synthetic"
+        )
     annotations = root / config.data.train
     if not annotations.is_file():
-        raise ConfigError(f"data.train: {annotations} not found")
+        raise ConfigError(
+            f"data.train: {annotations} not found (the published files are nextqa_0-30s.jsonl for GRPO and "
+            "nextqa-coldstart-16.json for the cold start)"
+        )
     tokenizer_dir = run_tokenizer(config)
     if tokenizer_dir is None or not tokenizer_dir.is_dir():
         raise ConfigError(
@@ -227,6 +244,10 @@ def train(config: TrainConfig, *, stage: str) -> Path:
     model_config = config.model.resolve(config.lora)
     policy = BadInputPolicy(config.data.bad_input)
     records = spec.read_records(annotations, policy)
+    unread = unread_fields(records)
+    if unread and jax.process_index() == 0:
+        listed = ", ".join(f"{name} ({n} records)" for name, n in sorted(unread.items()))
+        print(f"{annotations}: fields not read: {listed}", file=sys.stderr, flush=True)
     d = config.data
     # Every record's prompt is measured before anything heavy is built: a width that cannot
     # hold them all stops the run now, and the run's one width is in its stored settings.
@@ -294,7 +315,22 @@ def train(config: TrainConfig, *, stage: str) -> Path:
             except StopIteration:  # cannot happen with replacements; kept as a clear message
                 raise DataError(f"the data ran out at step {step + 1} of {total}; {loader.policy.summary()}") from None
             key = jax.random.fold_in(base_key, step)  # a pure function of the step: resumes exactly
+            first = step == start
+            if first and jax.process_index() == 0:
+                print(
+                    f"step {step + 1}: compiling the step's programs first (XLA, once per run: minutes for a "
+                    "large model)...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            began = time.perf_counter()
             metrics = spec.step(trainer, batch, key)
+            if first and jax.process_index() == 0:
+                print(
+                    f"step {step + 1}: done in {time.perf_counter() - began:.1f} s, compilation included",
+                    file=sys.stderr,
+                    flush=True,
+                )
             nonfinite = metrics.get("nonfinite", 0.0) > 0
             nonfinite_steps += nonfinite
             consecutive_nonfinite = consecutive_nonfinite + 1 if nonfinite else 0
@@ -378,7 +414,8 @@ def main(argv: list[str] | None, *, stage: str, description: str) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. objective.beta=0")
     args = parser.parse_intermixed_args(argv)
     try:
-        config = with_hub_checkpoint(load_config(args.config, args.overrides, stage=stage), weights=not args.plan)
+        given = load_config(args.config, args.overrides, stage=stage)
+        config = with_hub_checkpoint(given, weights=not args.plan)
         if args.plan:
             from jax_tinyr1.train import plan
 
@@ -388,7 +425,14 @@ def main(argv: list[str] | None, *, stage: str, description: str) -> int:
                 plan.request_plan_devices(config.mesh.size)
             else:  # compile-only GPU devices live beside JAX's CPU platform; no GPU is touched
                 jax.config.update("jax_platforms", "cpu")
-            return plan.run_plan(config, stage=stage, device_memory_gib=args.device_memory_gib, target=args.target)
+            source = given.model.checkpoint if given.model.checkpoint != config.model.checkpoint else None
+            return plan.run_plan(
+                config,
+                stage=stage,
+                device_memory_gib=args.device_memory_gib,
+                target=args.target,
+                source=source and f"{source} (its config.json, converted as hf_to_flax converts it)",
+            )
         if args.device_memory_gib is not None or args.target is not None:
             raise ConfigError("--device-memory-gib and --target apply to --plan only")
         final = train(config, stage=stage)
