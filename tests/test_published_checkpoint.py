@@ -12,11 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import ml_dtypes
 import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 from hf_reference import relative_error, torch_logits
 from published_layout import (
     AUTHORS_PATHS,
@@ -26,16 +28,18 @@ from published_layout import (
     write_published_checkpoint,
     write_slow_qwen2_tokenizer,
 )
-from run_data import synthetic_run_root
+from run_data import PUBLISHED_COLD_START, PUBLISHED_GRPO, published_data_root, synthetic_run_root
 from test_eval_layouts import _mvbench
 
 from checkpoints_convert import flax_to_hf, hf_to_flax
+from jax_tinyr1.cli import CheckpointError
 from jax_tinyr1.data.template import eos_id, grpo_question, pad_id, prompt_ids
 from jax_tinyr1.data.tokenizer import load_tokenizer
-from jax_tinyr1.model import get_preset, load_pretrained
+from jax_tinyr1.model import build_model, get_preset, load_pretrained
 from jax_tinyr1.model.config_io import load_model_config
 from jax_tinyr1.model.spec import load_for_inference
 from jax_tinyr1.train.config import load_config
+from jax_tinyr1.train.run import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = get_preset("tinyllava-video-tiny")
@@ -86,7 +90,7 @@ def test_the_layout_is_the_published_one(published):
     assert tokenizer.unk_token == tokenizer.eos_token == tokenizer.pad_token == "<|endoftext|>"
 
 
-def test_from_the_hub_layout_to_a_run_and_back(published, tmp_path, capsys):
+def test_from_the_hub_layout_to_a_run_and_back(published, tmp_path, capsys, monkeypatch):
     root, hub = published
     fx = tmp_path / "fx"
     assert hf_to_flax.main(["--hf-dir", str(hub), "--out", str(fx)]) == 0
@@ -110,10 +114,13 @@ def test_from_the_hub_layout_to_a_run_and_back(published, tmp_path, capsys):
     from jax_tinyr1.eval.__main__ import main as eval_main
 
     _mvbench(tmp_path / "MVBench")
-    out = tmp_path / "mvbench.json"
-    args = ["--checkpoint", str(fx), "--benchmark", "mvbench", "--data", str(tmp_path / "MVBench"), "--out", str(out)]
+    # Without --out: beside the runs, under the working directory; the checkpoint is not written into.
+    monkeypatch.chdir(tmp_path)
+    args = ["--checkpoint", str(fx), "--benchmark", "mvbench", "--data", str(tmp_path / "MVBench")]
     assert eval_main([*args, "--max-new-tokens", "4", "--batch-size", "4", "--workers", "1"]) == 0
-    assert json.loads(out.read_text())["count"] == 4
+    out = tmp_path / "runs" / "eval" / f"{tmp_path.name}-fx" / "mvbench.json"
+    assert json.loads(out.read_text())["count"] == 4 and str(out.relative_to(tmp_path)) in capsys.readouterr().out
+    assert not list(fx.glob("*eval*"))
 
     # one GRPO step of the paper's recipe from it (run.tokenizer unset: the checkpoint's)
     run = subprocess.run(
@@ -161,6 +168,81 @@ def test_from_the_hub_layout_to_a_run_and_back(published, tmp_path, capsys):
     ids = np.asarray([[*prompt_ids(tokenizer, grpo_question("Which colour?"))[:1], 5, 6, 7, 8]])
     ours = np.asarray(model.llm(ids.astype(np.int32)))
     assert relative_error(ours, torch_logits(hf, ids)) <= 1e-5
+    # ... with its tokenizer, as transformers' Auto classes load a language model's directory
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(llm)
+    text = "What colour is the screen?"
+    assert hf_tokenizer(text)["input_ids"] == tokenizer(text)["input_ids"] and len(hf_tokenizer) == len(tokenizer)
+    # the vision tower with the image processor that goes with it
+    vision = tmp_path / "vision"
+    assert flax_to_hf.main(["--checkpoint", str(final), "--out", str(vision), "--component", "vision"]) == 0
+    processor = transformers.AutoImageProcessor.from_pretrained(vision)
+    assert processor.size["height"] == CONFIG.vision.image_size
+
+
+def test_the_published_data_layout_runs_the_recipes_cold_start_then_grpo(published, tmp_path, capsys):
+    """The training data as published (NextQA/NExTVideo/, nextqa_0-30s.jsonl,
+    nextqa-coldstart-16.json) under data.root, the shipped recipes unchanged but for the data
+    root, the model and the sizes: the cold start, then one GRPO step from its result."""
+    _, hub = published
+    data = published_data_root(tmp_path / "published", 4, cold_start=4) / "data"
+    assert sorted(p.name for p in data.iterdir()) == sorted(["NextQA", PUBLISHED_GRPO, PUBLISHED_COLD_START])
+    fx = tmp_path / "fx"
+    assert hf_to_flax.main(["--hf-dir", str(hub), "--out", str(fx)]) == 0
+    sizes = ["data.batch_size=2", "data.num_workers=0", "mesh.fsdp=2", "run.max_steps=1", "data.prompt_tokens=0"]
+    cold = [
+        "--config",
+        str(ROOT / "configs" / "coldstart_paper.yaml"),
+        f"model.checkpoint={fx}",
+        f"data.root={data}",
+        *sizes,
+        "data.response_tokens=0",
+        f"run.output_dir={tmp_path / 'cold'}",
+    ]
+    assert train_main(cold, stage="sft", description="") == 0
+    said = capsys.readouterr().err
+    assert f"{PUBLISHED_COLD_START}: fields not read: id (4 records)" not in said  # id names records
+    grpo = [
+        "--config",
+        str(ROOT / "configs" / "paper_8xa100.yaml"),
+        f"model.checkpoint={tmp_path / 'cold' / 'final'}",
+        f"data.root={data}",
+        *sizes,
+        "grpo.group_size=2",
+        "sampling.max_new_tokens=4",
+        f"run.output_dir={tmp_path / 'grpo'}",
+    ]
+    assert train_main(grpo, stage="grpo", description="") == 0
+    said = capsys.readouterr().err
+    assert f"{PUBLISHED_GRPO}: fields not read: data_source (4 records), kind (4 records)" in said
+    assert "step 1: compiling the step's programs first" in said and "step 1: done in" in said
+    metrics = [json.loads(line) for line in (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1] and (tmp_path / "grpo" / "final" / "config.json").is_file()
+
+
+def test_plan_from_the_downloaded_config_json_or_a_preset_names_the_model(published, tmp_path, monkeypatch, capsys):
+    """`--plan` of the paper recipe from the hub's own diff-only config.json (filled as
+    hf_to_flax fills it), and from model.preset with no file at all."""
+    _, hub = published
+    monkeypatch.setenv("JAX_TINYR1_CACHE", str(tmp_path / "cache"))
+    downloaded = tmp_path / "downloaded"
+    downloaded.mkdir()
+    shutil.copy2(hub / "config.json", downloaded / "config.json")  # what `hf download ... config.json` gives
+    paper = ["--config", str(ROOT / "configs" / "paper_8xa100.yaml"), "--plan"]
+    tiny = ["mesh.fsdp=2", "data.batch_size=2", "data.prompt_tokens=48", "sampling.max_new_tokens=4"]
+    parameters = sum(x.size for x in jax.tree.leaves(nnx.state(build_model(CONFIG, seed=0))))
+    for source, named in (
+        (f"model.checkpoint={downloaded}", f"model: {downloaded} (its config.json, converted as hf_to_flax"),
+        ("model.preset=tinyllava-video-tiny", "model: preset tinyllava-video-tiny: "),
+    ):
+        assert train_main([*paper, source, *tiny], stage="grpo", description="") == 0
+        out = capsys.readouterr().out
+        first = out.splitlines()[0]
+        assert first.startswith(named) and f"{parameters / 1e9:.3f}B parameters (" in first, first
+        assert "llm " in first and "vision " in first and "connector " in first
+        assert out.rstrip().splitlines()[-1].startswith("per_device_peak_gib=")
+    # Our own loader names the layout when handed the downloaded directory as a checkpoint.
+    with pytest.raises(CheckpointError, match=r"a Hugging Face config.json .*checkpoints_convert.hf_to_flax"):
+        load_model_config(downloaded)
 
 
 def test_a_hub_id_resolves_offline_from_the_cache(published, tmp_path, monkeypatch, capsys):
@@ -185,7 +267,20 @@ def test_a_hub_id_resolves_offline_from_the_cache(published, tmp_path, monkeypat
         hf_to_flax.main(["--hf-dir", "Zhang199/TinyLLaVA-Video-Coldstart_NextQA_16", "--out", str(tmp_path / "x")]) == 2
     )
     err = capsys.readouterr().err
-    assert "Zhang199/TinyLLaVA-Video-Coldstart_NextQA_16: not in the hub cache" in err and "HF_HUB_OFFLINE" in err
+    assert "Zhang199/TinyLLaVA-Video-Coldstart_NextQA_16: not in the hub cache" in err
+    assert "HF_HUB_OFFLINE is set" in err
+    assert "hf download Zhang199/TinyLLaVA-Video-Coldstart_NextQA_16" in err
+    # Online but the hub unreachable: huggingface_hub raises the same error; the message says which.
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def unreachable(*args, **kwargs):
+        raise LocalEntryNotFoundError("cannot reach the hub")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr("huggingface_hub.snapshot_download", unreachable)
+    assert hf_to_flax.main(["--hf-dir", "Zhang199/Elsewhere", "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "the hub could not be reached" in err and "HF_HUB_OFFLINE is set" not in err
 
 
 @pytest.fixture(scope="module")
