@@ -122,9 +122,17 @@ def test_every_link_of_the_readme_and_docs_resolves_inside_the_repository():
 
 def test_the_readme_is_a_front_door():
     readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
     assert len(readme.splitlines()) <= 250
-    # The first command, as CI runs it (.ci/run executes the same line).
-    first = re.search(r"```bash\n(python3 -m venv .*jax_tinyr1\.demo.*)\n```", readme)
-    assert first is not None
-    assert first.group(1) in (ROOT / ".ci" / "run").read_text()
+    # The first command is the first line of the first bash block: what .ci/run reads and runs.
+    blocks = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
+    first, tests = blocks[0].splitlines()[0], blocks[1].splitlines()[0]
+    assert "awk '/^```bash$/{getline; print; exit}' README.md" in ci
+    assert (
+        first == 'python3 -m venv .venv && .venv/bin/pip install -e ".[video]" && .venv/bin/python -m jax_tinyr1.demo'
+    )
+    assert tests.endswith("-m pytest -q -n 2") and tests.split(" && ")[1].replace(".venv/bin/", "") in ci.replace(
+        ".venv/bin/", ""
+    ).replace(" -q -e", " -e")
     assert "hf download --repo-type dataset Zhang199/TinyLLaVA-Video-R1-training-data" in readme
+    assert "huggingface-cli" not in readme + "".join(p.read_text() for p in _documents())
