@@ -11,7 +11,6 @@ import json
 import os
 from pathlib import Path
 
-from checkpoints_convert import hf_to_flax
 from checkpoints_convert.families import get_family
 from checkpoints_convert.hub import HUB_FILES, download, hub_id
 from jax_tinyr1.model.config_io import CONFIG_FILE, is_hf_config, save_model_config
@@ -49,6 +48,10 @@ def converted_checkpoint(spec: str, *, weights: bool = True) -> Path:
     if (out / CONFIG_FILE).is_file():
         return out
     if weights:
+        # Imported here: the converter brings JAX and orbax, which a plan from a hub id's config
+        # (and an entry point's argument checks before this call) should not wait for.
+        from checkpoints_convert import hf_to_flax
+
         hf_to_flax.convert(None, snapshot, out, overwrite=True)
         return out
     return _config_only(snapshot / "config.json", out)

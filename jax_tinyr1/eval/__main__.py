@@ -62,11 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1 or args.max_new_tokens < 1:
         raise ConfigError("--batch-size and --max-new-tokens must be >= 1")
     out = args.out or default_results_path(str(args.checkpoint), args.benchmark)
+    policy = BadInputPolicy(args.bad_input)
+    bench = load_benchmark(args.benchmark, args.data, policy)
     from checkpoints_convert.cache import converted_checkpoint
 
     args.checkpoint = converted_checkpoint(str(args.checkpoint))  # a hub id: converted once, then cached
-    policy = BadInputPolicy(args.bad_input)
-    bench = load_benchmark(args.benchmark, args.data, policy)
     missing = {i for i, item in enumerate(bench.items) if not item.video.exists()}
     absent = bench.missing_files + [str(bench.items[i].video) for i in sorted(missing)]
     if absent and not args.allow_missing:
