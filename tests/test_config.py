@@ -16,7 +16,7 @@ from run_data import synthetic_run_root
 
 from jax_tinyr1.model import build_model, get_preset, save_pretrained
 from jax_tinyr1.model.config_io import save_model_config
-from jax_tinyr1.train.config import ConfigError, TrainConfig, load_config, settable_fields, to_dict
+from jax_tinyr1.train.config import ConfigError, TrainConfig, apply_overrides, load_config, settable_fields, to_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -85,7 +85,16 @@ def test_keys_a_run_would_not_read_are_refused():
     with pytest.raises(ConfigError, match=r"model\.dtype"):
         load_config(None, ["model.dtype=float8"])
     with pytest.raises(ConfigError, match=r"model\.preset and model\.checkpoint exclude each other"):
-        load_config(ROOT / "configs" / "paper_8xa100.yaml", ["model.preset=tinyllava-video-3b"])
+        load_config(ROOT / "configs" / "paper_8xa100.yaml", ["model.preset=tinyllava-video-3b", "model.checkpoint=x"])
+    # One of the two on the command line replaces the other from the file: the recipe's shapes
+    # from a preset (a plan with no checkpoint at hand), or its checkpoint from another source.
+    from_preset = load_config(ROOT / "configs" / "paper_8xa100.yaml", ["model.preset=tinyllava-video-3b"])
+    assert (from_preset.model.preset, from_preset.model.checkpoint) == ("tinyllava-video-3b", None)
+    from_checkpoint = load_config(None, ["model.preset=tinyllava-video-3b"])
+    assert from_checkpoint.model.preset == "tinyllava-video-3b"
+    assert apply_overrides({"model": {"preset": "tinyllava-video-3b"}}, ["model.checkpoint=x"]) == {
+        "model": {"checkpoint": "x"}
+    }
 
 
 class _Reads:
