@@ -207,7 +207,7 @@ def test_plan_of_the_paper_config_from_a_config_json_only_checkpoint(tmp_path):
     assert out.returncode == 3, out.stderr[-2000:]
     assert "update" in out.stderr and "--device-memory-gib 0.0001" in out.stderr
     lines = out.stdout.strip().splitlines()
-    assert lines[0].startswith(f"model: {tmp_path}: ") and "B parameters (llm " in lines[0]
+    assert lines[0].startswith(f"model: {tmp_path}: ") and " parameters (llm " in lines[0]
     assert lines[1].startswith("plan: mesh data=1 fsdp=2 tensor=1 on 2 cpu devices; compute bfloat16")
     assert "remat nothing_saveable" in lines[1]
     start = next(i for i, line in enumerate(lines) if line.startswith("program"))

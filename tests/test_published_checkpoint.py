@@ -237,7 +237,7 @@ def test_plan_from_the_downloaded_config_json_or_a_preset_names_the_model(publis
         assert train_main([*paper, source, *tiny], stage="grpo", description="") == 0
         out = capsys.readouterr().out
         first = out.splitlines()[0]
-        assert first.startswith(named) and f"{parameters / 1e9:.3f}B parameters (" in first, first
+        assert first.startswith(named) and f"{parameters / 1e3:.1f}K parameters (llm " in first, first  # 220.4K
         assert "llm " in first and "vision " in first and "connector " in first
         assert out.rstrip().splitlines()[-1].startswith("per_device_peak_gib=")
     # Our own loader names the layout when handed the downloaded directory as a checkpoint.

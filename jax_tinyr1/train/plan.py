@@ -368,9 +368,17 @@ def model_line(config: TrainConfig, source: str | None = None) -> str:
     """What is planned: the model's source and its parameters by part (no weights read)."""
     state = nnx.to_pure_dict(nnx.state(abstract_model(config.model.resolve(config.lora))))
     counts = {part: sum(math.prod(x.shape) for x in jax.tree.leaves(sub)) for part, sub in state.items()}
-    parts = ", ".join(f"{part} {n / 1e9:.3f}B" for part, n in counts.items())
+    order = sorted(counts, key=lambda part: -counts[part])  # the language model first
+    parts = ", ".join(f"{part} {_count(counts[part])}" for part in order)
     where = source or config.model.settings()["source"]
-    return f"model: {where}: {sum(counts.values()) / 1e9:.3f}B parameters ({parts})"
+    return f"model: {where}: {_count(sum(counts.values()))} parameters ({parts})"
+
+
+def _count(n: int) -> str:
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= size:
+            return f"{n / size:.3f}{unit}" if unit == "B" else f"{n / size:.1f}{unit}"
+    return str(n)
 
 
 def run_plan(

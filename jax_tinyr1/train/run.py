@@ -219,7 +219,6 @@ DOWNLOAD_DATA = "hf download --repo-type dataset Zhang199/TinyLLaVA-Video-R1-tra
 
 def train(config: TrainConfig, *, stage: str) -> Path:
     """Run (or resume) training of `stage` ("sft" or "grpo"); returns the final model's directory."""
-    platform.start_backend()
     spec = STAGES[stage]
     out = Path(config.run.output_dir)
     root = Path(config.data.root)
@@ -245,9 +244,6 @@ def train(config: TrainConfig, *, stage: str) -> Path:
     policy = BadInputPolicy(config.data.bad_input)
     records = spec.read_records(annotations, policy)
     unread = unread_fields(records)
-    if unread and jax.process_index() == 0:
-        listed = ", ".join(f"{name} ({n} records)" for name, n in sorted(unread.items()))
-        print(f"{annotations}: fields not read: {listed}", file=sys.stderr, flush=True)
     d = config.data
     # Every record's prompt is measured before anything heavy is built: a width that cannot
     # hold them all stops the run now, and the run's one width is in its stored settings.
@@ -263,7 +259,11 @@ def train(config: TrainConfig, *, stage: str) -> Path:
             reasoning_prompt=spec.reasoning_prompt,
         ),
     )
-    maybe_initialize_distributed()
+    maybe_initialize_distributed()  # before anything starts JAX's backends
+    platform.start_backend()
+    if unread and jax.process_index() == 0:
+        listed = ", ".join(f"{name} ({n} records)" for name, n in sorted(unread.items()))
+        print(f"{annotations}: fields not read: {listed}", file=sys.stderr, flush=True)
     mesh = run_mesh(config)
     settings = effective_settings(config, mesh)
     settings["prompt_tokens"] = loader_config.prompt_tokens
