@@ -24,7 +24,7 @@ from jax_tinyr1.model.qwen2 import (
     FEATURE_MAJOR,
     KVCache,
     Qwen2ForCausalLM,
-    cached_attention,
+    attend_stacked_cache,
     decoder_layer,
     rope_cos_sin,
 )
@@ -59,15 +59,6 @@ def decode_weights(llm: Qwen2ForCausalLM) -> DecodeWeights:
     return jax.lax.optimization_barrier(weights)
 
 
-def _attend_layer(i, k_all, v_all, mask_b1ts, index, scale, q, key, val):
-    """Write layer i's new key/value into the stacked cache at `index` and attend over it."""
-    write = (i, 0, 0, index, 0)
-    k_all = jax.lax.dynamic_update_slice(k_all, key.transpose(0, 2, 1, 3)[None].astype(k_all.dtype), write)
-    v_all = jax.lax.dynamic_update_slice(v_all, val.transpose(0, 2, 1, 3)[None].astype(v_all.dtype), write)
-    out = cached_attention(q, k_all[i].astype(q.dtype), v_all[i].astype(q.dtype), mask_b1ts, scale)
-    return out, (k_all, v_all)
-
-
 def decode_step(
     llm: Qwen2ForCausalLM, weights: DecodeWeights, token_b: jax.Array, position_b: jax.Array, cache: KVCache
 ) -> tuple[jax.Array, KVCache]:
@@ -81,7 +72,7 @@ def decode_step(
     mask_b1ts = (valid_bs & (jnp.arange(valid_bs.shape[1]) <= index))[:, None, None, :]
     kv = (cache.k_lbksh, cache.v_lbksh)
     for i, p in enumerate(weights.layers):  # straight-line code: no per-step slicing of stacked weights
-        attend = functools.partial(_attend_layer, i, *kv, mask_b1ts, index, c.head_dim**-0.5)
+        attend = functools.partial(attend_stacked_cache, i, *kv, mask_b1ts, index, c.head_dim**-0.5)
         x_db, kv = decoder_layer(c, p, x_db, cos, sin, attend, FEATURE_MAJOR)
     h_db = rms_norm(x_db, weights.final_norm, c.rms_norm_eps, axis=0)
     logits_vb = weights.head_vd @ h_db

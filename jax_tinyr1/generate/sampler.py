@@ -7,9 +7,10 @@ mathematically. Each prompt is prefilled once and its cache copied to its G rows
 one `lax.while_loop` decodes one token per step for all B x G rows over the preallocated
 cache, stopping early once every row has produced EOS. Shapes are static, the parameters
 are arguments and the cache lives inside the loop, so one compilation serves every step.
-On CPU the loop runs `cpu_decode.decode_step` (per-layer transposed weights, copied once
-per rollout) while those copies are small; elsewhere, and for a large model, the model's
-scanned layers.
+Before the loop the weights are laid out for decoding once (`decode_path`): on an
+accelerator `decode_layout` (the compute dtype, adapters merged, replicated or split by heads,
+per `sampling.decode_weights`); on CPU `cpu_decode` (per-layer transposed copies) while those
+copies are small; else, or with `decode_weights: training`, the model's own scanned layers.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax_tinyr1.generate import decode_layout
 from jax_tinyr1.generate.cpu_decode import decode_step, decode_weights
-from jax_tinyr1.generate.sampling import SamplingConfig, sample_tokens
+from jax_tinyr1.generate.sampling import SamplingConfig, sample_tokens, sorting_top_k_threshold, top_k_threshold
 from jax_tinyr1.model.layers import DTYPES
 from jax_tinyr1.model.qwen2 import KVCache, Qwen2ForCausalLM
 
-DECODE_PATHS = ("auto", "scan", "cpu")
+DECODE_PATHS = ("auto", "scan", "cpu", "layout")
 # "auto" on CPU takes `cpu_decode` (faster) while its weight copies stay below this; the 3.6B
 # model's would be 6.2 GB of bf16 beside the 6.2 GB model, so it decodes with the scanned layers.
 CPU_DECODE_MAX_COPY_BYTES = 4 << 30
@@ -62,17 +64,17 @@ def generate(
     group_size: int = 1,
     decode_path: str = "auto",
     on_token=None,
+    device_memory: int | None = None,
 ) -> Rollout:
     """Sample `group_size` completions per prompt. Call under jit (see `make_sampler`).
-    `decode_path`: "scan" (the model's scanned layers), "cpu" (`cpu_decode`), or "auto"
-    (the latter on the CPU backend); both compute the same thing. `on_token(tokens [rows],
-    done [rows])`, when given, is called on the host as each step's tokens are sampled (a
-    streamed answer), in order."""
-    if decode_path not in DECODE_PATHS:
-        raise ValueError(f"decode_path must be one of {DECODE_PATHS}, got {decode_path!r}")
-    if decode_path == "auto":
-        small = decode_copy_bytes(llm) <= CPU_DECODE_MAX_COPY_BYTES
-        decode_path = "cpu" if jax.default_backend() == "cpu" and small else "scan"
+    `decode_path`: "layout" (`decode_layout`, the accelerators'), "cpu" (`cpu_decode`),
+    "scan" (the model's scanned layers, no copy), or "auto": "layout" on an accelerator,
+    "cpu" on the CPU backend while its copies are small; all compute the same thing.
+    `config.decode_weights` places the layout's copy (`training`: no copy, the scan);
+    `device_memory` (bytes of one device, when known) decides `auto`. `on_token(tokens
+    [rows], done [rows])`, when given, is called on the host as each step's tokens are
+    sampled (a streamed answer), in order."""
+    decode_path, placement = resolve_decode_path(llm, config, decode_path, device_memory)
     b, t, _ = prompt_embeds_btd.shape
     n = config.max_new_tokens
     rows = b * group_size
@@ -95,11 +97,18 @@ def generate(
     )
     logits, lengths = repeat(first_logits), repeat(lengths)
 
+    kth = top_k_threshold
     if decode_path == "cpu":
         weights = decode_weights(llm)
 
         def decode(token, positions, cache):
             return decode_step(llm, weights, token, positions, cache)
+    elif decode_path == "layout":
+        params = decode_layout.decode_params(llm, placement)
+        kth = sorting_top_k_threshold  # one kernel per token on an accelerator
+
+        def decode(token, positions, cache):
+            return decode_layout.decode_step(llm, params, token, positions, cache)
     else:
 
         def decode(token, positions, cache):
@@ -117,7 +126,7 @@ def generate(
     def body(carry):
         step, cache, logits, tokens, logps, done, key = carry
         key, sub = jax.random.split(key)
-        token, logp = sample_tokens(sub, logits, config)
+        token, logp = sample_tokens(sub, logits, config, kth)
         token = jnp.where(done, config.pad_id, token)
         logp = jnp.where(done, 0.0, logp)
         tokens = jax.lax.dynamic_update_slice(tokens, token[:, None], (0, step))
@@ -132,6 +141,33 @@ def generate(
     _, _, _, tokens, logps, done, _ = jax.lax.while_loop(cond, body, carry)
     completion_mask = completion_mask_from_tokens(tokens, config.eos_id)
     return Rollout(tokens, completion_mask, logps * completion_mask, completion_mask.sum(axis=1), ~done)
+
+
+def _mesh_size() -> int:
+    mesh = jax.sharding.get_abstract_mesh()
+    return 1 if mesh.empty else mesh.size
+
+
+def resolve_decode_path(
+    llm: Qwen2ForCausalLM, config: SamplingConfig, decode_path: str, device_memory=None
+) -> tuple[str, str | None]:
+    """(the decode path a rollout takes: "layout", "cpu" or "scan"; the layout's placement,
+    None on the other paths); see `generate`."""
+    if decode_path not in DECODE_PATHS:
+        raise ValueError(f"decode_path must be one of {DECODE_PATHS}, got {decode_path!r}")
+    if decode_path == "auto":
+        if jax.default_backend() != "cpu":
+            decode_path = "layout"
+        elif config.decode_weights in ("auto", "replicated"):  # the CPU path is its replicated layout
+            decode_path = "cpu" if decode_copy_bytes(llm) <= CPU_DECODE_MAX_COPY_BYTES else "scan"
+        else:
+            decode_path = "layout"
+    if decode_path == "layout":
+        placement = decode_layout.choose_placement(
+            config.decode_weights, decode_layout.copy_bytes(llm), _mesh_size(), device_memory
+        )
+        return ("scan", None) if placement == "training" else ("layout", placement)
+    return decode_path, None
 
 
 def decode_copy_bytes(llm: Qwen2ForCausalLM) -> int:

@@ -9,6 +9,9 @@ import jax.numpy as jnp
 
 from jax_tinyr1.derived import derived
 
+# How a rollout lays out the language model for its token loop (generate/decode_layout.py).
+DECODE_WEIGHTS = ("auto", "replicated", "tensor", "training")
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
@@ -16,6 +19,7 @@ class SamplingConfig:
     temperature: float = 1.0  # 0 = greedy
     top_k: int = 50  # 0 = off
     top_p: float = 1.0  # 1 = off
+    decode_weights: str = "auto"  # one of DECODE_WEIGHTS
     # From the tokenizer in a run (a YAML key for them is refused).
     eos_id: int = derived(151643, "the tokenizer")
     pad_id: int = derived(151643, "the tokenizer")
@@ -29,6 +33,8 @@ class SamplingConfig:
             raise ValueError(f"sampling.top_k must be >= 0, got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"sampling.top_p must be in (0, 1], got {self.top_p}")
+        if self.decode_weights not in DECODE_WEIGHTS:
+            raise ValueError(f"sampling.decode_weights must be one of {DECODE_WEIGHTS}, got {self.decode_weights!r}")
 
 
 # Rows are cut into blocks of this many tokens: block maxima bound the top-k threshold and
@@ -104,11 +110,18 @@ def top_k_threshold(x_bv: jax.Array, k: int) -> jax.Array:
     return _from_order_keys(kth_largest_key(_order_keys(candidates), k))
 
 
-def filter_logits(logits_bv: jax.Array, top_k: int, top_p: float) -> jax.Array:
+def sorting_top_k_threshold(x_bv: jax.Array, k: int) -> jax.Array:
+    """The k-th largest value of each row [B, 1] by `lax.top_k`: one kernel on a GPU, where the
+    bisection's 64 rounds would be as many kernel launches per token; the same value."""
+    return jax.lax.top_k(x_bv.astype(jnp.float32), k)[0][..., -1:]
+
+
+def filter_logits(logits_bv: jax.Array, top_k: int, top_p: float, kth=top_k_threshold) -> jax.Array:
     """-inf outside the top-k (ties with the k-th value kept, as HF does) and outside the
-    smallest set whose probability exceeds top_p (the most likely token always survives)."""
+    smallest set whose probability exceeds top_p (the most likely token always survives).
+    `kth(x, k)` finds the k-th largest value (`top_k_threshold` or `sorting_top_k_threshold`)."""
     if top_k and top_k < logits_bv.shape[-1]:
-        logits_bv = jnp.where(logits_bv < top_k_threshold(logits_bv, top_k), -jnp.inf, logits_bv)
+        logits_bv = jnp.where(logits_bv < kth(logits_bv, top_k), -jnp.inf, logits_bv)
     if top_p < 1.0:
         sorted_desc = jnp.sort(logits_bv, axis=-1)[..., ::-1]
         probs = jax.nn.softmax(sorted_desc, axis=-1)
@@ -143,7 +156,9 @@ def sample_from_weights(key: jax.Array, weights_bv: jax.Array) -> jax.Array:
     return block * BLOCK + _inverse_cdf(token_key, inside)
 
 
-def sample_tokens(key: jax.Array, logits_bv: jax.Array, config: SamplingConfig) -> tuple[jax.Array, jax.Array]:
+def sample_tokens(
+    key: jax.Array, logits_bv: jax.Array, config: SamplingConfig, kth=top_k_threshold
+) -> tuple[jax.Array, jax.Array]:
     """(tokens [B], their log-probs under the temperature-scaled policy [B])."""
     scaled = logits_bv.astype(jnp.float32) / (1.0 if config.temperature == 0 else config.temperature)
     top = jnp.max(scaled, axis=-1, keepdims=True)
@@ -153,7 +168,7 @@ def sample_tokens(key: jax.Array, logits_bv: jax.Array, config: SamplingConfig) 
     else:
         # Inverse-CDF sampling: one uniform per stage instead of Gumbel noise for every token
         # of the vocabulary (the noise dominated a CPU decode step).
-        kept = filter_logits(scaled, config.top_k, config.top_p)
+        kept = filter_logits(scaled, config.top_k, config.top_p, kth)
         tokens = sample_from_weights(key, jnp.exp(kept - top))
     logps = jnp.take_along_axis(scaled, tokens[:, None], axis=-1)[:, 0] - log_normalizer[:, 0]
     return tokens.astype(jnp.int32), logps

@@ -27,15 +27,24 @@ from jax_tinyr1.update.params import merge_params, visual_tokens
 from jax_tinyr1.update.trainer import Trainer
 
 
-def rollout_program(graphdef, config: GRPOConfig, decode_path: str = "auto"):
+def rollout_program(graphdef, config: GRPOConfig, decode_path: str = "auto", device_memory: int | None = None):
     """(trainable, frozen, prompt ids, mask, vision input, key) -> G sampled completions per
-    prompt."""
+    prompt. `device_memory` (bytes of one device) decides `sampling.decode_weights: auto`."""
 
     def rollout(trainable, frozen, prompt_ids, prompt_mask, vision_input, key) -> Rollout:
         model = nnx.merge(graphdef, merge_params(frozen, trainable))
         visual = visual_tokens(model, vision_input, config.trainable, prompt_ids.shape[0])
         embeds, mask = model.embed_inputs(prompt_ids, prompt_mask, visual)
-        return generate(model.llm, embeds, mask, key, config.sampling, config.group_size, decode_path=decode_path)
+        return generate(
+            model.llm,
+            embeds,
+            mask,
+            key,
+            config.sampling,
+            config.group_size,
+            decode_path=decode_path,
+            device_memory=device_memory,
+        )
 
     return rollout
 
@@ -50,6 +59,16 @@ def reference_copy(trainable: dict, config: GRPOConfig) -> dict | None:
     dtype = DTYPES[config.reference_dtype]
     base, _ = split_adapters(trainable)
     return jax.tree.map(lambda x: x.astype(dtype) if x.dtype != dtype else jnp.copy(x), base)
+
+
+def device_memory(mesh: Mesh | None) -> int | None:
+    """Bytes one device of `mesh` gives JAX's allocator, when the platform says (GPUs do)."""
+    device = (jax.devices() if mesh is None else mesh.devices.flat)[0]
+    try:
+        stats = device.memory_stats()
+    except (AttributeError, NotImplementedError, jax.errors.JaxRuntimeError):
+        return None
+    return None if not stats else stats.get("bytes_limit")
 
 
 class GRPOTrainer(Trainer):
@@ -70,7 +89,7 @@ class GRPOTrainer(Trainer):
         self._update = make_grpo_update(self.graphdef, config, self.optimizer)
         self._logps = jax.jit(make_logps(self.graphdef, config))
         self._reference_logps = jax.jit(make_reference_logps(self.graphdef, config))
-        self._rollout = jax.jit(rollout_program(self.graphdef, config))
+        self._rollout = jax.jit(rollout_program(self.graphdef, config, device_memory=device_memory(self.mesh)))
 
     def rollout(self, prompt_ids, prompt_mask, vision_input, key) -> Rollout:
         with jax.set_mesh(self.mesh):

@@ -211,16 +211,35 @@ def decoder_layer(
         return adapted(layout.project, y, p[f"{target}_kernel"], bias, p, target, config.lora_scale, drop)
 
     y = rms_norm(x, p["input_norm"], eps, axis=layout.feature_axis)
+    if "qkv_kernel" in p:  # the decoding layout (generate/decode_layout.py): q|k|v in one matmul
+        qkv = layout.project(y, p["qkv_kernel"], p["qkv_bias"])
+        q_proj, k_proj, v_proj = jnp.split(qkv, (n * h, (n + k) * h), axis=layout.feature_axis)
+    else:
+        q_proj, k_proj, v_proj = (project(t, y, p[f"{t}_bias"]) for t in ("q", "k", "v"))
     # The names are what a remat policy may keep (REMAT_POLICIES); outside remat they do nothing.
-    q = apply_rope(layout.split_heads(checkpoint_name(project("q", y, p["q_bias"]), "q_proj"), n, h), cos, sin)
-    key = apply_rope(layout.split_heads(checkpoint_name(project("k", y, p["k_bias"]), "k_proj"), k, h), cos, sin)
-    val = layout.split_heads(checkpoint_name(project("v", y, p["v_bias"]), "v_proj"), k, h)
+    q = apply_rope(layout.split_heads(checkpoint_name(q_proj, "q_proj"), n, h), cos, sin)
+    key = apply_rope(layout.split_heads(checkpoint_name(k_proj, "k_proj"), k, h), cos, sin)
+    val = layout.split_heads(checkpoint_name(v_proj, "v_proj"), k, h)
     attn, extra = attend(q, key, val)
     attn = checkpoint_name(attn, "attention")
     x = x + project("o", layout.merge_heads(attn))
     y = rms_norm(x, p["post_attention_norm"], eps, axis=layout.feature_axis)
-    gated = jax.nn.silu(project("gate", y)) * project("up", y)
-    return x + project("down", gated), extra
+    if "gate_up_kernel" in p:  # the decoding layout: gate|up in one matmul
+        gate, up = jnp.split(layout.project(y, p["gate_up_kernel"]), 2, axis=layout.feature_axis)
+    else:
+        gate, up = project("gate", y), project("up", y)
+    return x + project("down", jax.nn.silu(gate) * up), extra
+
+
+def attend_stacked_cache(i, k_all, v_all, mask_b1ts, index, scale, q, key, val):
+    """Write layer i's new keys/values into the whole stacked cache [L, B, K, S, H] at slot
+    `index` and attend over layer i's slots: the cache is updated in place where it is a loop's
+    carry (the decode paths), never copied out and back per layer."""
+    write = (i, 0, 0, index, 0)
+    k_all = jax.lax.dynamic_update_slice(k_all, key.transpose(0, 2, 1, 3)[None].astype(k_all.dtype), write)
+    v_all = jax.lax.dynamic_update_slice(v_all, val.transpose(0, 2, 1, 3)[None].astype(v_all.dtype), write)
+    out = cached_attention(q, k_all[i].astype(q.dtype), v_all[i].astype(q.dtype), mask_b1ts, scale)
+    return out, (k_all, v_all)
 
 
 def _scanned_layer(config: Qwen2Config, p: dict[str, jax.Array], x_btd, cos, sin, mask_b1ts, kv, dropout=None):
