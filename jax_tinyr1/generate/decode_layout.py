@@ -18,10 +18,15 @@ makes `DecodeParams` once: the weights in the compute dtype, LoRA adapters merge
   device whose memory cannot hold a second copy of the model.
 
 `auto` takes `replicated` when the copy is at most `REPLICATE_MAX_FRACTION` of a device's
-memory, else `tensor` over several devices, else `training`. The token step (`decode_step`)
-runs the layers in a `fori_loop` whose carry holds the whole KV cache, so each layer's new
-keys and values are written in place (`qwen2.attend_stacked_cache`); the arithmetic is
-`qwen2.decoder_layer`'s. The copy lives for the rollout only.
+memory, else `tensor` over several devices, else `training`.
+
+Every layer's weights, and its KV cache, are arrays of their own, and the token step
+(`decode_step`) runs the layers as straight-line code: a matmul reads its weight where it
+lies, and a layer's new keys and values are written in place into its cache, which the
+attention then reads as it is. Slicing one layer out of stacked arrays inside the loop made
+XLA:GPU copy every weight and the layer's cache before each use (read from its program: 8 of
+26 kernels per layer, and twice the bytes). The arithmetic is `qwen2.decoder_layer`'s. The
+copy lives for the rollout only.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from jax.sharding import PartitionSpec as P
 
 from jax_tinyr1.generate.sampling import DECODE_WEIGHTS
 from jax_tinyr1.model.layers import DTYPES, from_bit_patterns, rms_norm
-from jax_tinyr1.model.qwen2 import KVCache, Qwen2ForCausalLM, attend_stacked_cache, decoder_layer, rope_cos_sin
+from jax_tinyr1.model.qwen2 import KVCache, Qwen2ForCausalLM, attend_layer_cache, decoder_layer, rope_cos_sin
 
 # A replicated copy beside the training state: at most this share of one device's memory
 # (the 3.6B model's language model, 6.2 GB in bf16: 15.5 % of an A100-40GB, 26 % of an L4).
@@ -45,7 +50,7 @@ ALL_DEVICES = ("data", "fsdp", "tensor")
 
 
 class DecodeParams(NamedTuple):
-    layers: dict[str, jax.Array]  # stacked [L, ...] in the compute dtype, adapters merged
+    layers: list[dict[str, jax.Array]]  # one dict per layer, in the compute dtype, adapters merged
     embed_vd: jax.Array  # the token embedding [vocab, D]
     head_dv: jax.Array | None  # the LM head [D, vocab]; None when tied to the embedding
     final_norm: jax.Array
@@ -133,6 +138,7 @@ def decode_params(llm: Qwen2ForCausalLM, placement: str) -> DecodeParams:
             layers[name] = _place(x, _tensor_spec(x.shape, 1))
         embed_spec = _tensor_spec(llm.embed[...].shape, 0)
         head_spec = _tensor_spec((c.hidden_size, c.vocab_size), 1)
+    layers = [{name: x[i] for name, x in layers.items()} for i in range(c.num_layers)]
     embed = _place(llm.embed[...].astype(dtype), embed_spec)
     head = None if c.tie_word_embeddings else _place(llm.lm_head[...].astype(dtype), head_spec)
     params = DecodeParams(layers, embed, head, _place(llm.final_norm[...].astype(dtype), P()))
@@ -140,10 +146,17 @@ def decode_params(llm: Qwen2ForCausalLM, placement: str) -> DecodeParams:
     return jax.lax.optimization_barrier(params)
 
 
+def layer_cache(cache: KVCache) -> KVCache:
+    """The stacked cache [L, B, K, S, H] as one array per layer (what `decode_step` carries)."""
+    layers = range(cache.k_lbksh.shape[0])
+    return cache._replace(k_lbksh=[cache.k_lbksh[i] for i in layers], v_lbksh=[cache.v_lbksh[i] for i in layers])
+
+
 def decode_step(
     llm: Qwen2ForCausalLM, params: DecodeParams, token_b: jax.Array, position_b: jax.Array, cache: KVCache
 ) -> tuple[jax.Array, KVCache]:
-    """Logits [B, vocab] (float32) of one new token per row, written at slot `cache.index`."""
+    """Logits [B, vocab] (float32) of one new token per row, written at slot `cache.index` of
+    a per-layer cache (`layer_cache`)."""
     c = llm.config
     b = token_b.shape[0]
     index = cache.index
@@ -151,18 +164,13 @@ def decode_step(
     cos, sin = rope_cos_sin(position_b[:, None], c.head_dim, c.rope_theta)
     valid_bs = jax.lax.dynamic_update_slice(cache.valid_bs, jnp.ones((b, 1), bool), (0, index))
     mask_b1ts = (valid_bs & (jnp.arange(valid_bs.shape[1]) <= index))[:, None, None, :]
-
-    def layer(i, carry):
-        x, k_all, v_all = carry
-        p = {name: jax.lax.dynamic_index_in_dim(w, i, keepdims=False) for name, w in params.layers.items()}
-        attend = functools.partial(attend_stacked_cache, i, k_all, v_all, mask_b1ts, index, c.head_dim**-0.5)
-        x, (k_all, v_all) = decoder_layer(c, p, x, cos, sin, attend)
-        return x, k_all, v_all
-
-    x_b1d, k_all, v_all = jax.lax.fori_loop(0, c.num_layers, layer, (x_b1d, cache.k_lbksh, cache.v_lbksh))
+    keys, values = list(cache.k_lbksh), list(cache.v_lbksh)
+    for i, p in enumerate(params.layers):  # straight-line code: no per-step slicing of stacked arrays
+        attend = functools.partial(attend_layer_cache, keys[i], values[i], index, mask_b1ts, c.head_dim**-0.5)
+        x_b1d, (keys[i], values[i]) = decoder_layer(c, p, x_b1d, cos, sin, attend)
     h_bd = rms_norm(x_b1d[:, 0], params.final_norm, c.rms_norm_eps)
     if params.head_dv is None:  # tied: contract with the embedding's rows, no transposed copy
         logits = jax.lax.dot_general(h_bd, params.embed_vd, (((1,), (1,)), ((), ())))
     else:
         logits = h_bd @ params.head_dv
-    return logits.astype(jnp.float32), KVCache(k_all, v_all, valid_bs, index + 1)
+    return logits.astype(jnp.float32), KVCache(keys, values, valid_bs, index + 1)

@@ -105,6 +105,7 @@ def generate(
             return decode_step(llm, weights, token, positions, cache)
     elif decode_path == "layout":
         params = decode_layout.decode_params(llm, placement)
+        cache = decode_layout.layer_cache(cache)
         kth = sorting_top_k_threshold  # one kernel per token on an accelerator
 
         def decode(token, positions, cache):

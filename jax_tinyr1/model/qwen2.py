@@ -231,6 +231,16 @@ def decoder_layer(
     return x + project("down", jax.nn.silu(gate) * up), extra
 
 
+def attend_layer_cache(k_cache, v_cache, index, mask_b1ts, scale, q, key, val):
+    """Write one layer's new keys/values into its cache [B, K, S, H] at slot `index` and attend
+    over it."""
+    write = (0, 0, index, 0)
+    k_cache = jax.lax.dynamic_update_slice(k_cache, key.transpose(0, 2, 1, 3).astype(k_cache.dtype), write)
+    v_cache = jax.lax.dynamic_update_slice(v_cache, val.transpose(0, 2, 1, 3).astype(v_cache.dtype), write)
+    out = cached_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask_b1ts, scale)
+    return out, (k_cache, v_cache)
+
+
 def attend_stacked_cache(i, k_all, v_all, mask_b1ts, index, scale, q, key, val):
     """Write layer i's new keys/values into the whole stacked cache [L, B, K, S, H] at slot
     `index` and attend over layer i's slots: the cache is updated in place where it is a loop's
@@ -249,12 +259,7 @@ def _scanned_layer(config: Qwen2Config, p: dict[str, jax.Array], x_btd, cos, sin
     def attend(q, key, val):
         if kv is None:
             return jax.nn.dot_product_attention(q, key, val, mask=mask_b1ts, scale=scale), None
-        k_cache, v_cache, index = kv
-        write = (0, 0, index, 0)
-        k_cache = jax.lax.dynamic_update_slice(k_cache, key.transpose(0, 2, 1, 3).astype(k_cache.dtype), write)
-        v_cache = jax.lax.dynamic_update_slice(v_cache, val.transpose(0, 2, 1, 3).astype(v_cache.dtype), write)
-        out = cached_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask_b1ts, scale)
-        return out, (k_cache, v_cache)
+        return attend_layer_cache(*kv, mask_b1ts, scale, q, key, val)
 
     x_btd, new_kv = decoder_layer(config, p, constrain_batch(x_btd), cos, sin, attend, dropout=dropout)
     return constrain_batch(x_btd), new_kv

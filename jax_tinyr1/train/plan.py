@@ -168,9 +168,12 @@ def count_collectives(hlo_text: str) -> dict[str, int]:
     return {name: found[name] for name in COLLECTIVES if found[name]}
 
 
-def plan_run(config: TrainConfig, *, stage: str, devices, processes: int = 1) -> list[ProgramPlan]:
+def plan_run(
+    config: TrainConfig, *, stage: str, devices, processes: int = 1, device_memory: int | None = None
+) -> list[ProgramPlan]:
     """Compile every program of one step of `config` ahead of time for `devices` (of
-    `processes` processes, each with its `data.batch_size`); nothing is allocated."""
+    `processes` processes, each with its `data.batch_size`); nothing is allocated.
+    `device_memory` (bytes of one device, when known) decides the rollout's decode layout."""
     sft = stage == "sft"
     _compile = functools.partial(_compile_one, devices=devices)
     model_config = config.model.resolve(config.lora)
@@ -256,8 +259,8 @@ def plan_run(config: TrainConfig, *, stage: str, devices, processes: int = 1) ->
         else:
             grpo = stage_config
             key = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=replicated)
-            # The accelerator decode path ("auto" would pick the CPU one on virtual devices).
-            rollout = rollout_program(graphdef, grpo, decode_path="scan")
+            # The accelerators' decode path ("auto" would pick the CPU one on virtual devices).
+            rollout = rollout_program(graphdef, grpo, decode_path="layout", device_memory=device_memory)
             ids = spec((b, text), jnp.int32)
             plans.append(
                 _compile(
@@ -396,14 +399,16 @@ def run_plan(
     print(model_line(config, source), flush=True)
     if target is None:
         devices = plan_devices(config.mesh.size)
-        plans = plan_run(config, stage=stage, devices=devices, processes=jax.process_count())
+        memory = None if device_memory_gib is None else int(device_memory_gib * GIB)
+        plans = plan_run(config, stage=stage, devices=devices, processes=jax.process_count(), device_memory=memory)
         where = f"{len(devices)} {devices[0].platform} devices"
         notes = [f"GFLOP/dev: XLA's cost analysis of each compiled program ({devices[0].platform})"]
         limit, source = device_memory_gib, f"--device-memory-gib {device_memory_gib}"
     else:
         gpu = resolve_target(target, config.mesh.size)
         devices = compile_only_devices(gpu)
-        plans = plan_run(config, stage=stage, devices=devices, processes=gpu.processes)
+        memory = int(gpu.memory_gib * GIB)
+        plans = plan_run(config, stage=stage, devices=devices, processes=gpu.processes, device_memory=memory)
         limit, how = gpu.budget_gib(mem_fraction())
         where = (
             f"{len(devices)} x {gpu.card} (XLA:GPU, compile-only; {gpu.processes} process(es) x "
