@@ -106,7 +106,7 @@ def plan(stage: str, config: str, overrides: list[str], checkpoint: Path | None,
     if stage == "sft" and not checkpoint:
         source = [s for s in source if not s.startswith("sampling.")] + ["data.response_tokens=32"]
     env = dict(os.environ)
-    if target:  # what the recipes' YAML files tell a user to export for a real run
+    if target:  # the tables in docs/planning.md: 0.95 for every recipe (four recipes set it as run.memory_fraction)
         env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", ".95")
     command = [sys.executable, "-m", f"jax_tinyr1.train.{stage}", "--config", str(ROOT / "configs" / config)]
     command += ["--plan", *(["--target", target] if target else []), *source, *overrides]

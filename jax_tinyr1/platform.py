@@ -32,6 +32,7 @@ import sys
 import tempfile
 
 GPU_XLA_FLAGS = ("--xla_gpu_enable_triton_gemm=false",)
+MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
 PLUGIN_NAMESPACE = "jax_plugins"
 CUDA_PLUGIN = f"{PLUGIN_NAMESPACE}.xla_cuda12"
 # The device nodes JAX itself looks for (jax._src.hardware_utils): a driver's first card,
@@ -90,6 +91,20 @@ def keep_cuda_plugin_quiet(environ=os.environ) -> None:
     environ["JAX_PLATFORMS"] = "cpu"
     if "jax" in sys.modules:  # imported before us: its config has read the environment already
         sys.modules["jax"].config.update("jax_platforms", "cpu")
+
+
+def apply_memory_fraction(fraction: float, environ=os.environ) -> str | None:
+    """A run's `run.memory_fraction` (0: none) as XLA_PYTHON_CLIENT_MEM_FRACTION, before the
+    backends start. A value the user exported wins; the returned line says so."""
+    if not fraction:
+        return None
+    exported = environ.get(MEM_FRACTION_ENV)
+    if exported is None:
+        environ[MEM_FRACTION_ENV] = f"{fraction:g}"
+        return None
+    if exported.strip() != f"{fraction:g}":
+        return f"{MEM_FRACTION_ENV}={exported} (exported) is used, not run.memory_fraction={fraction:g}"
+    return None
 
 
 def configure() -> None:

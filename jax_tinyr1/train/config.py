@@ -58,10 +58,15 @@ class RunSection:
     # This many consecutive steps with a non-finite loss or gradient (each left the parameters
     # unchanged) stop the run with a checkpoint of the last finite state.
     max_nonfinite_steps: int = 3
+    # The share of each GPU JAX takes for the run (XLA_PYTHON_CLIENT_MEM_FRACTION, applied before
+    # the backends start; the plan's budget too); 0: JAX's default, 0.75.
+    memory_fraction: float = 0.0
 
     def __post_init__(self):
         if self.epochs < 1 or self.max_steps < 0 or self.save_every < 1 or self.keep_last < 1:
             raise ValueError("run.epochs, run.save_every and run.keep_last must be >= 1, run.max_steps >= 0")
+        if not 0 <= self.memory_fraction <= 1:
+            raise ValueError(f"run.memory_fraction must be in [0, 1] (0: JAX's default), got {self.memory_fraction}")
         if self.max_nonfinite_steps < 1:
             raise ValueError(f"run.max_nonfinite_steps must be >= 1, got {self.max_nonfinite_steps}")
 

@@ -74,6 +74,14 @@ class GpuTarget:
         return int(found.group(1)) / GIB
 
     @property
+    def memory_bandwidth(self) -> float:
+        """Bytes per second of the card's memory, as its description states."""
+        found = re.search(r"^\s*memory_bandwidth:\s*(\d+)", self.description, re.M)
+        if not found:
+            raise PlanTargetError(f"--target {self.name}: the description has no memory_bandwidth")
+        return float(found.group(1))
+
+    @property
     def device_count(self) -> int:
         return self.processes * self.devices_per_process
 

@@ -36,7 +36,7 @@ COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "coll
 _SHAPE = re.compile(r"\b(" + "|".join(DTYPE_BYTES) + r")\[([0-9,]*)\]")
 _COMPUTATION = re.compile(r"^(ENTRY )?%?([\w.\-]+) (?:\(.*\) -> .*)?\{$")
 _INSTRUCTION = re.compile(r"^\s*(ROOT )?%?([\w.\-]+) = (.*?) ([\w\-]+)\((.*)$")
-_CALLS = re.compile(r"\b(?:calls|body|condition|to_apply|branch_computations)=\{?%?([\w.\-]+(?:, %?[\w.\-]+)*)\}?")
+_CALLS = re.compile(r"\b(?:calls|body|condition|to_apply|branch_computations)=(?:\{([^}]*)\}|%?([\w.\-]+))")
 _TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 
 
@@ -110,8 +110,8 @@ def parse_hlo(text: str) -> dict[str, Computation]:
         arguments, attributes = _split_operands(tail)
         operands = re.findall(r"%([\w.\-]+)", arguments)
         calls = []
-        for group in _CALLS.findall(attributes):
-            calls += [c.strip().lstrip("%") for c in group.split(",")]
+        for listed, single in _CALLS.findall(attributes):
+            calls += [c.strip().lstrip("%") for c in (listed.split(",") if listed else [single])]
         current.instructions[name] = Instruction(name, opcode, result, operands, attributes, calls, arguments)
         if root:
             current.root = name
@@ -142,6 +142,10 @@ class Program:
     @property
     def entry(self) -> Computation:
         return next(c for c in self.computations.values() if c.entry)
+
+    @staticmethod
+    def knows_trips(loop: Instruction) -> bool:
+        return _TRIPS.search(loop.attributes) is not None
 
     def trips(self, loop: Instruction) -> int:
         found = _TRIPS.search(loop.attributes)
@@ -180,7 +184,8 @@ class Program:
                     stats.add(max(branches, key=lambda s: s.hbm_bytes))
             elif op == "call":
                 for callee in instruction.calls:
-                    stats.add(self.stats(self.computations[callee]))
+                    if callee in self.computations:
+                        stats.add(self.stats(self.computations[callee]))
             elif op not in NOT_KERNELS:
                 stats.kernels += 1
                 stats.hbm_bytes += self.kernel_bytes(computation, instruction)

@@ -24,11 +24,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import json
 import math
 import os
 import re
 import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -47,12 +49,13 @@ from jax_tinyr1.sft import objective as sft_objective
 from jax_tinyr1.train.config import ConfigError, TrainConfig, grpo_config, sft_config
 from jax_tinyr1.train.flops import jaxpr_matmul_flops
 from jax_tinyr1.train.gpu_target import GIB, JAX_DEFAULT_MEM_FRACTION, compile_only_devices, resolve_target
+from jax_tinyr1.train.hlo_stats import Program, Stats
+from jax_tinyr1.train.projection import CARDS, constants_line, project
 from jax_tinyr1.update.optimizer import make_optimizer, opt_state_shardings
 from jax_tinyr1.update.params import drop, encode_program, param_shardings, take
 
 PLAN_DEVICES_FLAG = "--xla_force_host_platform_device_count"
 EXIT_OVER_BUDGET = 3
-MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
 
 
 class ProgramCompileError(RuntimeError):
@@ -71,6 +74,11 @@ class ProgramPlan:
     matmul_tflops: float  # per device and execution, every loop iteration (train/flops.py)
     compile_s: float
     collectives: dict[str, int]  # communication ops in the compiled program (a loop body's once)
+    # From the optimized HLO (train/hlo_stats.py), every loop at its trips (the token loop at its longest):
+    kernels: float = 0.0
+    hbm_bytes: float = 0.0
+    collective_bytes: dict[str, float] = dataclasses.field(default_factory=dict)
+    token_loop: Stats | None = None  # one trip of the rollout's token loop
 
     @property
     def peak_gib(self) -> float:
@@ -144,6 +152,13 @@ def _compile_one(
         gflops = _flops(compiled.cost_analysis()) / 1e9
     else:  # a compile-only GPU has no cost analysis: whole-mesh FLOPs before optimisation, per device
         gflops = unoptimised_flops(lowered) / len(devices) / 1e9
+    program = Program(compiled.as_text(), unknown_trips=while_trips)
+    whole = program.stats()
+    token_loop = None
+    if while_trips > 1:  # the rollout: its token loop is the entry's loop of unknown trips with the most kernels
+        loops = [loop for loop in program.loops() if not program.knows_trips(loop)]
+        if loops:
+            token_loop = max((program.iteration(loop) for loop in loops), key=lambda s: s.kernels)
     return ProgramPlan(
         name=name,
         runs_per_step=runs,
@@ -155,6 +170,10 @@ def _compile_one(
         matmul_tflops=jaxpr_matmul_flops(traced.jaxpr.jaxpr, while_trips) / len(devices) / 1e12,
         compile_s=seconds,
         collectives=count_collectives(compiled.as_text()),
+        kernels=whole.kernels,
+        hbm_bytes=whole.hbm_bytes,
+        collective_bytes=whole.collective_bytes,
+        token_loop=token_loop,
     )
 
 
@@ -316,9 +335,11 @@ def plan_run(
     return plans
 
 
-def format_plan(config: TrainConfig, plans: list[ProgramPlan], where: str, notes: list[str] = ()) -> str:
-    """The header (`notes` below it), one row per program; the last line is
-    `per_device_peak_gib=X`."""
+def format_plan(
+    config: TrainConfig, plans: list[ProgramPlan], where: str, notes: list[str] = (), tail: list[str] = ()
+) -> str:
+    """The header (`notes` below it), one row per program, `tail` (the projection); the last
+    line is `per_device_peak_gib=X`."""
     m, spec = config.mesh, config.model
     remat = spec.effective_remat_policy if spec.remat else "off"
     lines = [
@@ -349,21 +370,88 @@ def format_plan(config: TrainConfig, plans: list[ProgramPlan], where: str, notes
     for p in plans:
         ops = ", ".join(f"{name} {count}" for name, count in p.collectives.items()) or "none"
         lines.append(f"collectives of {p.name}: {ops}")
+    lines.extend(tail)
     lines.append(f"per_device_peak_gib={max(p.peak_gib for p in plans):.3f}")
     return "\n".join(lines)
 
 
+def planned_steps(config: TrainConfig, processes: int) -> tuple[int | None, str]:
+    """(steps of the run, where the number comes from): run.max_steps, else the annotation
+    file's records when it is there, else unknown."""
+    d = config.data
+    per_step = d.batch_size * processes
+    path = Path(d.root) / d.train
+    records = None
+    if path.is_file():
+        text = path.read_text()
+        records = (
+            sum(1 for line in text.splitlines() if line.strip()) if path.suffix == ".jsonl" else len(json.loads(text))
+        )
+    steps = None if records is None else config.run.epochs * (records // per_step)
+    if config.run.max_steps and (steps is None or config.run.max_steps < steps):
+        return config.run.max_steps, "run.max_steps"
+    if steps is None:
+        return None, f"{path} is not here to count"
+    return steps, f"{records} records in {path}, {per_step} per step, {config.run.epochs} epoch(s)"
+
+
+def projection_lines(config: TrainConfig, plans: list[ProgramPlan], gpu, stage: str) -> list[str]:
+    """The projected seconds of each program and of a step on the target card (train/projection.py)."""
+    card = CARDS.get(gpu.card)
+    if card is None:
+        return [f"projection: no published bf16 peak or link figures for {gpu.card} (train/projection.py CARDS)"]
+    bandwidth = gpu.memory_bandwidth
+    lines = [
+        constants_line(gpu.card, card, bandwidth),
+        f"{'projected (seconds per run)':<46}{'compute':>9}{'HBM':>9}{'links':>9}{'launch':>9}{'total':>9}"
+        f"{'HBM GB':>10}{'link GB':>10}{'kernels':>10}",
+    ]
+    step = 0.0
+    for p in plans:
+        proj = project(
+            card,
+            bandwidth,
+            flops=p.matmul_tflops * 1e12,
+            hbm_bytes=p.hbm_bytes,
+            collectives=p.collective_bytes,
+            kernels=p.kernels,
+        )
+        step += proj.seconds * p.runs_per_step
+        lines.append(
+            f"{p.name:<46}{proj.compute_s:>9.3f}{proj.memory_s:>9.3f}{proj.collective_s:>9.3f}{proj.launch_s:>9.3f}"
+            f"{proj.seconds:>9.3f}{p.hbm_bytes / 1e9:>10.2f}{sum(p.collective_bytes.values()) / 1e9:>10.2f}"
+            f"{p.kernels:>10.0f}"
+        )
+        if p.token_loop is not None:
+            t = p.token_loop
+            gathered = t.collective_bytes.get("all-gather", 0.0)
+            other = sum(t.collective_bytes.values()) - gathered
+            lines.append(
+                f"token loop of {p.name}, per token and device: {t.kernels:.0f} kernels, {t.hbm_bytes / 1e9:.4f} GB "
+                f"HBM, {gathered:.0f} bytes all-gathered, {other:.0f} bytes in other collectives"
+            )
+    steps, source = planned_steps(config, gpu.processes)
+    if steps is not None:
+        lines.append(f"projected run: {steps} steps ({source}): {steps * step / 3600:.2f} hours")
+    else:
+        lines.append(f"projected run: steps unknown ({source}; run.max_steps sets them)")
+    lines.append(
+        f"projected_step_seconds={step:.3f} (a roofline projection from the compiled programs, not a measurement)"
+    )
+    return lines
+
+
 def mem_fraction() -> float:
     """The share of each GPU JAX preallocates for a run started from this environment."""
-    raw = os.environ.get(MEM_FRACTION_ENV)
+    raw = os.environ.get(platform.MEM_FRACTION_ENV)
     if raw is None:
         return JAX_DEFAULT_MEM_FRACTION
     try:
         value = float(raw)
     except ValueError:
-        raise ConfigError(f"{MEM_FRACTION_ENV}={raw!r}: not a number") from None
+        raise ConfigError(f"{platform.MEM_FRACTION_ENV}={raw!r}: not a number") from None
     if not 0 < value <= 1:
-        raise ConfigError(f"{MEM_FRACTION_ENV}={raw!r}: must be in (0, 1]")
+        raise ConfigError(f"{platform.MEM_FRACTION_ENV}={raw!r}: must be in (0, 1]")
     return value
 
 
@@ -395,6 +483,9 @@ def run_plan(
     """Print the plan; exit code 3 when the largest program exceeds the budget: what the
     target card gives (with `target`), else `device_memory_gib` when given. `source` names the
     model where config.model.checkpoint is a converted copy of what the user gave."""
+    note = platform.apply_memory_fraction(config.run.memory_fraction)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
     platform.start_backend()
     print(model_line(config, source), flush=True)
     if target is None:
@@ -420,7 +511,8 @@ def run_plan(
             "GFLOP/dev: XLA:CPU's count on each program's HLO before optimisation, whole mesh / devices",
         ]
         source = f"what one {gpu.card} gives ({limit:.2f} GiB)"
-    print(format_plan(config, plans, where, notes), flush=True)
+    tail = [] if target is None else projection_lines(config, plans, gpu, stage)
+    print(format_plan(config, plans, where, notes, tail), flush=True)
     worst = max(plans, key=lambda p: p.peak_gib)
     if limit is not None and worst.peak_gib > limit:
         print(f"error: {worst.name} needs {worst.peak_gib:.2f} GiB per device, more than {source}", file=sys.stderr)
