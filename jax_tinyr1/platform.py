@@ -35,6 +35,8 @@ GPU_XLA_FLAGS = ("--xla_gpu_enable_triton_gemm=false",)
 MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
 PLUGIN_NAMESPACE = "jax_plugins"
 CUDA_PLUGIN = f"{PLUGIN_NAMESPACE}.xla_cuda12"
+# jax 0.11's CUDA 13 build names its plugin so (a lent GPU machine's image has it).
+CUDA13_PLUGIN = f"{PLUGIN_NAMESPACE}.xla_cuda13"
 # The device nodes JAX itself looks for (jax._src.hardware_utils): a driver's first card,
 # its control node (containers), and WSL2's GPU paravirtualisation device.
 NVIDIA_DEVICE_NODES = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg")

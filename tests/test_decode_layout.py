@@ -7,15 +7,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_lora import base_and_lora
 
 from jax_tinyr1.generate import decode_layout
 from jax_tinyr1.generate.sampler import generate, resolve_decode_path
 from jax_tinyr1.generate.sampling import SamplingConfig, sorting_top_k_threshold, top_k_threshold
+from jax_tinyr1.model import build_model
 from jax_tinyr1.model.lora import LoraConfig
 from jax_tinyr1.model.sharding import make_mesh, shard_model
+from jax_tinyr1.model.spec import ModelSpec
 
 SAMPLING = SamplingConfig(max_new_tokens=8, temperature=1.0, top_k=20, eos_id=1, pad_id=1)
+
+
+def base_and_lora(lora: LoraConfig, *, random_adapters: bool = False):
+    """The tiny model, and one with adapters (random A and B when asked, so that merging them
+    changes the weights). Built here, not from test_lora: this module runs on a GPU machine
+    without the data stack (bench/gpu_check.sh)."""
+    base = build_model(ModelSpec().resolve(), seed=0)
+    adapted = build_model(ModelSpec().resolve(lora), seed=0)
+    if random_adapters:
+        keys = iter(jax.random.split(jax.random.key(7), 64))
+        for var in adapted.llm.adapters().values():
+            var.set_value(0.05 * jax.random.normal(next(keys), var[...].shape, var[...].dtype))
+    return base, adapted
 
 
 def _prompts(model):

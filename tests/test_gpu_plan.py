@@ -156,6 +156,7 @@ def test_target_errors_name_what_is_wrong(tiny_checkpoint, capsys, monkeypatch):
     assert code == 2 and "--device-memory-gib and --target" in err
     # Without the plugin: exit 2 with the one command that installs it.
     monkeypatch.setattr(gpu_target.platform, "CUDA_PLUGIN", "jax_plugins.not_installed")
+    monkeypatch.setattr(gpu_target.platform, "CUDA13_PLUGIN", "jax_plugins.not_installed_either")
     code, err = run("--target", "a100-40gb")
     assert code == 2 and "pip install jax-cuda12-pjrt==0.10.2" in err
 

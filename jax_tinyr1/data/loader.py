@@ -15,8 +15,6 @@ import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import absl.flags
-import grain
 import numpy as np
 
 from jax_tinyr1.data.formats import Record
@@ -271,6 +269,11 @@ class VideoQALoader:
         self.make_sample = MakeSample(data_root, tokenizer, config)
         self.read = 0  # samples read so far (replacement attempts included)
         source = [Slot(epoch, position, records[index]) for epoch, position, index in slots]
+        # Imported here: the config, the model and the plan need no data pipeline (a GPU
+        # machine checking a plan may not have grain installed).
+        import absl.flags
+        import grain
+
         dataset = grain.MapDataset.source(source).map(self.make_sample)
         iter_dataset = dataset.to_iter_dataset()
         if config.num_workers > 0:

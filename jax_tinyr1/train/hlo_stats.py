@@ -219,7 +219,8 @@ class Program:
             return 2 * operand_bytes(instruction.operands[1])
         if op == "fusion" and instruction.calls:
             return self._fusion_bytes(computation, instruction, operand_bytes)
-        return sum(operand_bytes(o) for o in instruction.operands) + instruction.result_bytes
+        written = self._gathered(instruction) if op.endswith("-start") else instruction.result_bytes
+        return sum(operand_bytes(o) for o in instruction.operands) + written
 
     def _fusion_bytes(self, computation, instruction, operand_bytes) -> int:
         fused = self.computations.get(instruction.calls[0])
