@@ -32,6 +32,7 @@ copy lives for the rollout only.
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -60,10 +61,8 @@ def copy_bytes(llm: Qwen2ForCausalLM) -> int:
     """Bytes of one full decoding copy of the language model in its compute dtype."""
     c = llm.config
     itemsize = jnp.dtype(DTYPES[c.dtype]).itemsize
-    sizes = [int(v[...].size) for v in llm.layers.values()] + [int(llm.embed[...].size)]
-    if not c.tie_word_embeddings:
-        sizes.append(int(llm.lm_head[...].size))
-    return sum(sizes) * itemsize
+    variables = [*llm.layers.values(), llm.embed] + ([] if c.tie_word_embeddings else [llm.lm_head])
+    return sum(math.prod(v.get_value().shape) for v in variables) * itemsize  # abstract models too
 
 
 def choose_placement(setting: str, copy: int, devices: int, device_memory: int | None) -> str:

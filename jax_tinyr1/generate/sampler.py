@@ -25,7 +25,6 @@ from flax import nnx
 from jax_tinyr1.generate import decode_layout
 from jax_tinyr1.generate.cpu_decode import decode_step, decode_weights
 from jax_tinyr1.generate.sampling import SamplingConfig, sample_tokens, sorting_top_k_threshold, top_k_threshold
-from jax_tinyr1.model.layers import DTYPES
 from jax_tinyr1.model.qwen2 import KVCache, Qwen2ForCausalLM
 
 DECODE_PATHS = ("auto", "scan", "cpu", "layout")
@@ -160,7 +159,7 @@ def resolve_decode_path(
         if jax.default_backend() != "cpu":
             decode_path = "layout"
         elif config.decode_weights in ("auto", "replicated"):  # the CPU path is its replicated layout
-            decode_path = "cpu" if decode_copy_bytes(llm) <= CPU_DECODE_MAX_COPY_BYTES else "scan"
+            decode_path = "cpu" if decode_layout.copy_bytes(llm) <= CPU_DECODE_MAX_COPY_BYTES else "scan"
         else:
             decode_path = "layout"
     if decode_path == "layout":
@@ -169,13 +168,6 @@ def resolve_decode_path(
         )
         return ("scan", None) if placement == "training" else ("layout", placement)
     return decode_path, None
-
-
-def decode_copy_bytes(llm: Qwen2ForCausalLM) -> int:
-    """Bytes of `cpu_decode.decode_weights`' copies: every layer's weights and the LM head in
-    the compute dtype."""
-    itemsize = jnp.dtype(DTYPES[llm.config.dtype]).itemsize
-    return (sum(int(v[...].size) for v in llm.layers.values()) + int(llm.embed[...].size)) * itemsize
 
 
 def inference_split(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State]:

@@ -40,6 +40,7 @@ from jax.sharding import PartitionSpec as P
 
 from jax_tinyr1 import platform
 from jax_tinyr1.cli import one_line
+from jax_tinyr1.generate import decode_layout
 from jax_tinyr1.grpo import update as grpo_update
 from jax_tinyr1.grpo.trainer import reference_copy, rollout_program
 from jax_tinyr1.model import abstract_model
@@ -375,6 +376,17 @@ def format_plan(
     return "\n".join(lines)
 
 
+def decode_line(config: TrainConfig, devices: int, device_memory: int | None) -> str:
+    """How the rollout lays out the language model for its token loop (generate/decode_layout.py)."""
+    llm = abstract_model(config.model.resolve(config.lora)).llm
+    copy = decode_layout.copy_bytes(llm)
+    setting = config.sampling.decode_weights
+    placement = decode_layout.choose_placement(setting, copy, devices, device_memory)
+    share = "" if not device_memory else f", {100 * copy / device_memory:.1f} % of a device"
+    what = f"sampling.decode_weights={setting}; a copy of {copy / GIB:.2f} GiB{share}"
+    return f"rollout decode weights: {placement} ({what})"
+
+
 def planned_steps(config: TrainConfig, processes: int) -> tuple[int | None, str]:
     """(steps of the run, where the number comes from): run.max_steps, else the annotation
     file's records when it is there, else unknown."""
@@ -511,6 +523,8 @@ def run_plan(
             "GFLOP/dev: XLA:CPU's count on each program's HLO before optimisation, whole mesh / devices",
         ]
         source = f"what one {gpu.card} gives ({limit:.2f} GiB)"
+    if stage == "grpo":
+        notes.append(decode_line(config, len(devices), memory))
     tail = [] if target is None else projection_lines(config, plans, gpu, stage)
     print(format_plan(config, plans, where, notes, tail), flush=True)
     worst = max(plans, key=lambda p: p.peak_gib)
