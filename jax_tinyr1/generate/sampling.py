@@ -110,10 +110,24 @@ def top_k_threshold(x_bv: jax.Array, k: int) -> jax.Array:
     return _from_order_keys(kth_largest_key(_order_keys(candidates), k))
 
 
+# Rows per `lax.top_k`: XLA:GPU's top-k kernel takes up to 24 rows of Qwen2's vocabulary; more,
+# and it sorts every row whole with CUB (which a compile-only device cannot compile either).
+TOP_K_ROW_BLOCK = 16
+
+
 def sorting_top_k_threshold(x_bv: jax.Array, k: int) -> jax.Array:
-    """The k-th largest value of each row [B, 1] by `lax.top_k`: one kernel on a GPU, where the
-    bisection's 64 rounds would be as many kernel launches per token; the same value."""
-    return jax.lax.top_k(x_bv.astype(jnp.float32), k)[0][..., -1:]
+    """The k-th largest value of each row [B, 1] by `lax.top_k`: one kernel per 16 rows on a
+    GPU, where the bisection's 64 rounds would be as many kernel launches per token; the same
+    value."""
+    b, v = x_bv.shape
+    mesh = jax.sharding.get_abstract_mesh()
+    across = 1 if mesh.empty else mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+    across = across if b % across == 0 else 1
+    # Blocks of each device's own rows (the rows are split over the data-parallel devices).
+    x_nrv = x_bv.astype(jnp.float32).reshape(across, b // across, v)
+    blocks = [x_nrv[:, i : i + TOP_K_ROW_BLOCK] for i in range(0, b // across, TOP_K_ROW_BLOCK)]
+    kth = jnp.concatenate([jax.lax.top_k(block, k)[0][..., -1:] for block in blocks], axis=1)
+    return kth.reshape(b, 1)
 
 
 def filter_logits(logits_bv: jax.Array, top_k: int, top_p: float, kth=top_k_threshold) -> jax.Array:
