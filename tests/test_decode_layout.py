@@ -74,11 +74,12 @@ def test_on_a_mesh_of_8_both_placements_equal_the_scan():
         np.testing.assert_allclose(np.asarray(got.logps), np.asarray(want.logps), rtol=1e-5, atol=1e-5)
 
 
-def test_auto_replicates_what_fits_and_splits_or_keeps_what_does_not():
+def test_auto_replicates_what_fits_and_keeps_the_training_layout_otherwise():
     gib = 1 << 30
     choose = decode_layout.choose_placement
     assert choose("auto", int(6.2 * gib), 8, 40 * gib) == "replicated"  # the paper's A100-40GB
-    assert choose("auto", int(6.2 * gib), 4, 24 * gib) == "tensor"  # four L4s
+    assert choose("auto", int(6.2 * gib), 4, 24 * gib) == "replicated"  # four L4s: 26 %, it fits
+    assert choose("auto", int(6.2 * gib), 4, 16 * gib) == "training"  # four 16 GB cards (tensor: not yet fast)
     assert choose("auto", int(6.2 * gib), 1, 16 * gib) == "training"  # one 16 GB card: no second copy
     assert choose("auto", int(6.2 * gib), 1, None) == "replicated"  # memory unknown
     assert choose("tensor", 1, 1, None) == "tensor"
