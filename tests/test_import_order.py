@@ -83,3 +83,70 @@ def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
         "jax_tinyr1/data/bad.py:2: jax_tinyr1.data (layer 1) imports jax_tinyr1.grpo.loss",
         "jax_tinyr1/data/worse.py:1: jax_tinyr1.data (layer 1) imports jax_tinyr1.train",
     ]
+
+
+def _module_of(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def _graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports (function-level imports included), for every
+    module of both packages."""
+    modules = {
+        _module_of(path): path
+        for package in ("jax_tinyr1", "checkpoints_convert")
+        for path in (ROOT / package).rglob("*.py")
+    }
+    graph = {}
+    for module, path in modules.items():
+        targets = set()
+        for _, name in _imports(path):
+            # `from a.b import c` may name module a.b.c or a name in a.b: take the longest that exists.
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                targets.add(name)
+        graph[module] = targets
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import circle (Tarjan's strongly connected components of more than one module)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_circle_anywhere_not_even_inside_a_package():
+    assert _cycles(_graph()) == []
+
+
+def test_the_circle_check_sees_one_hidden_in_a_function():
+    graph = _graph()
+    graph["checkpoints_convert.hub"] = graph["checkpoints_convert.hub"] | {"checkpoints_convert.hf_to_flax"}
+    (circle,) = _cycles(graph)  # hub -> hf_to_flax -> hub (and what lies between them)
+    assert {"checkpoints_convert.hf_to_flax", "checkpoints_convert.hub"} <= set(circle)
