@@ -14,39 +14,17 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jax_tinyr1.generate.sampler import Rollout, generate
+from jax_tinyr1.generate.sampler import Rollout
 from jax_tinyr1.grpo.advantages import group_advantages
 from jax_tinyr1.grpo.config import GRPOConfig
-from jax_tinyr1.grpo.update import Batch, make_grpo_update, make_logps, make_reference_logps
+from jax_tinyr1.grpo.programs import grpo_programs
+from jax_tinyr1.grpo.update import Batch
 from jax_tinyr1.model.layers import DTYPES
 from jax_tinyr1.model.lora import split_adapters
 from jax_tinyr1.rewards import RewardConfig, batch_rewards
 from jax_tinyr1.rewards.behaviour import behaviour_rates
 from jax_tinyr1.update import multihost
-from jax_tinyr1.update.params import merge_params, visual_tokens
 from jax_tinyr1.update.trainer import Trainer
-
-
-def rollout_program(graphdef, config: GRPOConfig, decode_path: str = "auto", device_memory: int | None = None):
-    """(trainable, frozen, prompt ids, mask, vision input, key) -> G sampled completions per
-    prompt. `device_memory` (bytes of one device) decides `sampling.decode_weights: auto`."""
-
-    def rollout(trainable, frozen, prompt_ids, prompt_mask, vision_input, key) -> Rollout:
-        model = nnx.merge(graphdef, merge_params(frozen, trainable))
-        visual = visual_tokens(model, vision_input, config.trainable, prompt_ids.shape[0])
-        embeds, mask = model.embed_inputs(prompt_ids, prompt_mask, visual)
-        return generate(
-            model.llm,
-            embeds,
-            mask,
-            key,
-            config.sampling,
-            config.group_size,
-            decode_path=decode_path,
-            device_memory=device_memory,
-        )
-
-    return rollout
 
 
 def reference_copy(trainable: dict, config: GRPOConfig) -> dict | None:
@@ -82,14 +60,20 @@ class GRPOTrainer(Trainer):
         reward_config: RewardConfig = RewardConfig(),
     ):
         super().__init__(
-            model, trainable=config.trainable, optimizer=config.optimizer, pad_id=config.sampling.pad_id, mesh=mesh
+            model,
+            trainable=config.trainable,
+            optimizer=config.optimizer,
+            pad_id=config.sampling.pad_id,
+            programs=lambda graphdef, optimizer, mesh: grpo_programs(
+                graphdef, config, optimizer, device_memory=device_memory(mesh)
+            ),
+            mesh=mesh,
         )
         self.config, self.tokenizer, self.reward_config = config, tokenizer, reward_config
         self.reference = reference_copy(self.trainable, config)
-        self._update = make_grpo_update(self.graphdef, config, self.optimizer)
-        self._logps = jax.jit(make_logps(self.graphdef, config))
-        self._reference_logps = jax.jit(make_reference_logps(self.graphdef, config))
-        self._rollout = jax.jit(rollout_program(self.graphdef, config, device_memory=device_memory(self.mesh)))
+        self._logps = jax.jit(self.programs["old_logps"].fn)
+        self._reference_logps = jax.jit(self.programs["reference"].fn)
+        self._rollout = jax.jit(self.programs["rollout"].fn)
 
     def rollout(self, prompt_ids, prompt_mask, vision_input, key) -> Rollout:
         with jax.set_mesh(self.mesh):

@@ -6,15 +6,22 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jax_tinyr1.sft.objective import Batch, SFTConfig, make_sft_update
+from jax_tinyr1.sft.objective import Batch, SFTConfig
+from jax_tinyr1.sft.programs import sft_programs
 from jax_tinyr1.update.trainer import Trainer
 
 
 class SFTTrainer(Trainer):
     def __init__(self, model: nnx.Module, config: SFTConfig, *, pad_id: int, mesh: Mesh | None = None):
-        super().__init__(model, trainable=config.trainable, optimizer=config.optimizer, pad_id=pad_id, mesh=mesh)
+        super().__init__(
+            model,
+            trainable=config.trainable,
+            optimizer=config.optimizer,
+            pad_id=pad_id,
+            programs=lambda graphdef, optimizer, _mesh: sft_programs(graphdef, config, optimizer),
+            mesh=mesh,
+        )
         self.config = config
-        self._update = make_sft_update(self.graphdef, config, self.optimizer)
 
     def step(
         self, prompt_ids: np.ndarray, prompt_mask: np.ndarray, pixels: np.ndarray, response_ids, response_mask, key=None

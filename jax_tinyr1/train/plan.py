@@ -24,13 +24,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import json
 import math
 import os
 import re
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -42,18 +40,20 @@ from jax_tinyr1 import platform
 from jax_tinyr1.cli import one_line
 from jax_tinyr1.generate import decode_layout
 from jax_tinyr1.grpo import update as grpo_update
-from jax_tinyr1.grpo.trainer import reference_copy, rollout_program
+from jax_tinyr1.grpo.programs import grpo_programs
+from jax_tinyr1.grpo.trainer import reference_copy
 from jax_tinyr1.model import abstract_model
 from jax_tinyr1.model.lora import split_adapters
 from jax_tinyr1.model.sharding import batch_sharding, make_mesh
 from jax_tinyr1.sft import objective as sft_objective
+from jax_tinyr1.sft.programs import sft_programs
 from jax_tinyr1.train.config import ConfigError, TrainConfig, grpo_config, sft_config
 from jax_tinyr1.train.flops import jaxpr_matmul_flops
 from jax_tinyr1.train.gpu_target import GIB, JAX_DEFAULT_MEM_FRACTION, compile_only_devices, resolve_target
 from jax_tinyr1.train.hlo_stats import Program, Stats
-from jax_tinyr1.train.projection import CARDS, constants_line, project
+from jax_tinyr1.train.projection import projection_lines
 from jax_tinyr1.update.optimizer import make_optimizer, opt_state_shardings
-from jax_tinyr1.update.params import drop, encode_program, param_shardings, take
+from jax_tinyr1.update.params import drop, param_shardings, take
 
 PLAN_DEVICES_FLAG = "--xla_force_host_platform_device_count"
 EXIT_OVER_BUDGET = 3
@@ -249,90 +249,65 @@ def plan_run(
     def spec(shape, dtype):
         return jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding(mesh, shape))
 
+    adapters = split_adapters(trainable)[1]
+    sizes["base"] = sizes["trainable"] - device_gib(adapters)
+    if sft:
+        programs = sft_programs(graphdef, stage_config, optimizer)
+    else:  # the accelerators' decode path ("auto" would pick the CPU one on virtual devices)
+        programs = grpo_programs(graphdef, stage_config, optimizer, decode_path="layout", device_memory=device_memory)
+    values = {"trainable": trainable, "frozen": frozen, "opt_state": opt_state, "reference": reference}
+    values["adapters"] = adapters
+    values["pixels"] = spec((b, model_config.num_frames, image, image, 3), jnp.float32)
+    with jax.set_mesh(mesh):
+        vision = jax.eval_shape(programs["encode"].fn, trainable, frozen, values["pixels"])
+    values["vision_input"] = spec(vision.shape, vision.dtype)
+    values["prompt_ids"] = values["prompt_mask"] = spec((b, text), jnp.int32)
+    values["key"] = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=replicated)
+    completion = spec((rows, new_tokens), jnp.float32)
+    common = {
+        "prompt_ids": spec((rows, text), jnp.int32),
+        "prompt_mask": spec((rows, text), jnp.int32),
+        "vision_input": values["vision_input"],
+        "tokens": spec((rows, new_tokens), jnp.int32),
+        "completion_mask": spec((rows, new_tokens), jnp.int32),
+    }
+    dropout_keys = spec((rows, 2), jnp.uint32) if model_config.llm.lora_dropout else None
+    if sft:
+        batch = sft_objective.Batch(**common, dropout_keys=dropout_keys)
+    else:
+        batch = grpo_update.Batch(
+            **common,
+            advantages=spec((rows,), jnp.float32),
+            old_logps=completion if programs["old_logps"].runs else None,
+            ref_logps=completion if programs["reference"].runs else None,
+            dropout_keys=dropout_keys,
+        )
+    values["batch"] = batch
+    batch_shard = type(batch)(*(None if x is None else x.sharding for x in batch))
+
     plans = []
     with jax.set_mesh(mesh):
-        encode = encode_program(graphdef, trainable_parts)
-        pixels = spec((b, model_config.num_frames, image, image, 3), jnp.float32)
-        vision_shape = jax.eval_shape(encode, trainable, frozen, pixels)
-        vision_input = spec(vision_shape.shape, vision_shape.dtype)
-        plans.append(
-            _compile(
-                "vision encode",
-                encode,
-                (trainable, frozen, pixels),
-                runs=1,
-                resident=sizes["opt_state"] + sizes["reference"],
-            )
-        )
-        completion = spec((rows, new_tokens), jnp.float32)
-        common = {
-            "prompt_ids": spec((rows, text), jnp.int32),
-            "prompt_mask": spec((rows, text), jnp.int32),
-            "vision_input": vision_input,
-            "tokens": spec((rows, new_tokens), jnp.int32),
-            "completion_mask": spec((rows, new_tokens), jnp.int32),
-        }
-        dropout_keys = spec((rows, 2), jnp.uint32) if model_config.llm.lora_dropout else None
-        if sft:
-            batch = sft_objective.Batch(**common, dropout_keys=dropout_keys)
-            update = sft_objective.make_sft_update(graphdef, stage_config, optimizer)
-        else:
-            grpo = stage_config
-            key = jax.ShapeDtypeStruct((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=replicated)
-            # The accelerators' decode path ("auto" would pick the CPU one on virtual devices).
-            rollout = rollout_program(graphdef, grpo, decode_path="layout", device_memory=device_memory)
-            ids = spec((b, text), jnp.int32)
+        for program in programs.values():
+            if not program.runs:
+                continue
+            sharded = {}
+            if program.update:  # as the trainer jits it: shardings in and out, parameters and state donated
+                sharded = {
+                    "in_shardings": (shard["trainable"], shard["frozen"], shard["opt_state"], batch_shard),
+                    "out_shardings": (shard["trainable"], shard["opt_state"], replicated),
+                    "donate": (0, 2),
+                }
             plans.append(
                 _compile(
-                    f"rollout (G={grpo.group_size}, {new_tokens} new tokens)",
-                    rollout,
-                    (trainable, frozen, ids, ids, vision_input, key),
-                    runs=1,
-                    while_trips=new_tokens,  # the decode loop at its longest
-                    resident=sizes["opt_state"] + sizes["reference"],
+                    program.name,
+                    program.fn,
+                    tuple(values[name] for name in program.args),
+                    runs=program.runs,
+                    resident=sum(sizes[name] for name in program.resident),
+                    while_trips=program.loop_trips,
+                    **sharded,
                 )
             )
-            batch = grpo_update.Batch(
-                **common,
-                advantages=spec((rows,), jnp.float32),
-                old_logps=completion if grpo.updates_per_rollout > 1 else None,
-                ref_logps=completion if with_reference else None,
-                dropout_keys=dropout_keys,
-            )
-            logps = grpo_update.make_logps(graphdef, grpo)
-            if with_reference:
-                # With LoRA the reference is the base (adapters off) and a copy of a full-trained connector.
-                lora = model_config.llm.lora_rank > 0
-                name = f"reference log-probs ({'adapters off' if lora else f'{grpo.reference_dtype} weights'})"
-                program = grpo_update.make_reference_logps(graphdef, grpo)
-                adapters = split_adapters(trainable)[1]
-                # The trainable weights it does not read (all of them without LoRA) stay resident.
-                resident = sizes["trainable"] - device_gib(adapters) + sizes["opt_state"]
-                plans.append(_compile(name, program, (reference, adapters, frozen, batch), runs=1, resident=resident))
-            if grpo.updates_per_rollout > 1:
-                plans.append(
-                    _compile(
-                        "old-policy log-probs",
-                        logps,
-                        (trainable, frozen, batch),
-                        runs=1,
-                        resident=sizes["opt_state"] + sizes["reference"],
-                    )
-                )
-            update = grpo_update.make_grpo_update(graphdef, grpo, optimizer)
-        batch_shard = type(batch)(*(None if x is None else x.sharding for x in batch))
-        plans.append(
-            _compile(
-                f"update (micro-batches {stage_config.micro_batches}, log-prob chunk {stage_config.logprob_chunk})",
-                update,
-                (trainable, frozen, opt_state, batch),
-                runs=1 if sft else stage_config.updates_per_rollout,
-                resident=sizes["reference"],
-                in_shardings=(shard["trainable"], shard["frozen"], shard["opt_state"], batch_shard),
-                out_shardings=(shard["trainable"], shard["opt_state"], replicated),
-                donate=(0, 2),
-            )
-        )
     return plans
 
 
@@ -385,72 +360,6 @@ def decode_line(config: TrainConfig, devices: int, device_memory: int | None) ->
     share = "" if not device_memory else f", {100 * copy / device_memory:.1f} % of a device"
     what = f"sampling.decode_weights={setting}; a copy of {copy / GIB:.2f} GiB{share}"
     return f"rollout decode weights: {placement} ({what})"
-
-
-def planned_steps(config: TrainConfig, processes: int) -> tuple[int | None, str]:
-    """(steps of the run, where the number comes from): run.max_steps, else the annotation
-    file's records when it is there, else unknown."""
-    d = config.data
-    per_step = d.batch_size * processes
-    path = Path(d.root) / d.train
-    records = None
-    if path.is_file():
-        text = path.read_text()
-        records = (
-            sum(1 for line in text.splitlines() if line.strip()) if path.suffix == ".jsonl" else len(json.loads(text))
-        )
-    steps = None if records is None else config.run.epochs * (records // per_step)
-    if config.run.max_steps and (steps is None or config.run.max_steps < steps):
-        return config.run.max_steps, "run.max_steps"
-    if steps is None:
-        return None, f"{path} is not here to count"
-    return steps, f"{records} records in {path}, {per_step} per step, {config.run.epochs} epoch(s)"
-
-
-def projection_lines(config: TrainConfig, plans: list[ProgramPlan], gpu, stage: str) -> list[str]:
-    """The projected seconds of each program and of a step on the target card (train/projection.py)."""
-    card = CARDS.get(gpu.card)
-    if card is None:
-        return [f"projection: no published bf16 peak or link figures for {gpu.card} (train/projection.py CARDS)"]
-    bandwidth = gpu.memory_bandwidth
-    lines = [
-        constants_line(gpu.card, card, bandwidth),
-        f"{'projected (seconds per run)':<46}{'compute':>9}{'HBM':>9}{'links':>9}{'launch':>9}{'total':>9}"
-        f"{'HBM GB':>10}{'link GB':>10}{'kernels':>10}",
-    ]
-    step = 0.0
-    for p in plans:
-        proj = project(
-            card,
-            bandwidth,
-            flops=p.matmul_tflops * 1e12,
-            hbm_bytes=p.hbm_bytes,
-            collectives=p.collective_bytes,
-            kernels=p.kernels,
-        )
-        step += proj.seconds * p.runs_per_step
-        lines.append(
-            f"{p.name:<46}{proj.compute_s:>9.3f}{proj.memory_s:>9.3f}{proj.collective_s:>9.3f}{proj.launch_s:>9.3f}"
-            f"{proj.seconds:>9.3f}{p.hbm_bytes / 1e9:>10.2f}{sum(p.collective_bytes.values()) / 1e9:>10.2f}"
-            f"{p.kernels:>10.0f}"
-        )
-        if p.token_loop is not None:
-            t = p.token_loop
-            gathered = t.collective_bytes.get("all-gather", 0.0)
-            other = sum(t.collective_bytes.values()) - gathered
-            lines.append(
-                f"token loop of {p.name}, per token and device: {t.kernels:.0f} kernels, {t.hbm_bytes / 1e9:.4f} GB "
-                f"HBM, {gathered:.0f} bytes all-gathered, {other:.0f} bytes in other collectives"
-            )
-    steps, source = planned_steps(config, gpu.processes)
-    if steps is not None:
-        lines.append(f"projected run: {steps} steps ({source}): {steps * step / 3600:.2f} hours")
-    else:
-        lines.append(f"projected run: steps unknown ({source}; run.max_steps sets them)")
-    lines.append(
-        f"projected_step_seconds={step:.3f} (a roofline projection from the compiled programs, not a measurement)"
-    )
-    return lines
 
 
 def mem_fraction() -> float:

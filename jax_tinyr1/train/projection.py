@@ -17,6 +17,8 @@ printed with it, and `bench/gpu_3b.py` prints measured figures beside it on a re
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 
 MATMUL_EFFICIENCY = 0.45  # of the tensor cores' peak: large bf16 matmuls reach 40-50 %
 HBM_EFFICIENCY = 0.75  # of the memory bandwidth: 70-85 % for streaming kernels
@@ -71,3 +73,69 @@ def constants_line(card_name: str, card: Card, hbm_bytes_per_s: float) -> str:
         f"HBM {hbm_bytes_per_s / 1e12:.3g} TB/s (the description's) x {HBM_EFFICIENCY:g}, links "
         f"{card.link_bytes_per_s / 1e9:g} GB/s ({card.link}), {LAUNCH_SECONDS * 1e6:g} us per kernel launch"
     )
+
+
+def planned_steps(config, processes: int) -> tuple[int | None, str]:
+    """(steps of the run, where the number comes from): run.max_steps, else the annotation
+    file's records when it is there, else unknown."""
+    d = config.data
+    per_step = d.batch_size * processes
+    path = Path(d.root) / d.train
+    records = None
+    if path.is_file():
+        text = path.read_text()
+        records = (
+            sum(1 for line in text.splitlines() if line.strip()) if path.suffix == ".jsonl" else len(json.loads(text))
+        )
+    steps = None if records is None else config.run.epochs * (records // per_step)
+    if config.run.max_steps and (steps is None or config.run.max_steps < steps):
+        return config.run.max_steps, "run.max_steps"
+    if steps is None:
+        return None, f"{path} is not here to count"
+    return steps, f"{records} records in {path}, {per_step} per step, {config.run.epochs} epoch(s)"
+
+
+def projection_lines(config, plans, gpu, stage: str) -> list[str]:
+    """The projected seconds of each program and of a step on the target card (train/projection.py)."""
+    card = CARDS.get(gpu.card)
+    if card is None:
+        return [f"projection: no published bf16 peak or link figures for {gpu.card} (train/projection.py CARDS)"]
+    bandwidth = gpu.memory_bandwidth
+    lines = [
+        constants_line(gpu.card, card, bandwidth),
+        f"{'projected (seconds per run)':<46}{'compute':>9}{'HBM':>9}{'links':>9}{'launch':>9}{'total':>9}"
+        f"{'HBM GB':>10}{'link GB':>10}{'kernels':>10}",
+    ]
+    step = 0.0
+    for p in plans:
+        proj = project(
+            card,
+            bandwidth,
+            flops=p.matmul_tflops * 1e12,
+            hbm_bytes=p.hbm_bytes,
+            collectives=p.collective_bytes,
+            kernels=p.kernels,
+        )
+        step += proj.seconds * p.runs_per_step
+        lines.append(
+            f"{p.name:<46}{proj.compute_s:>9.3f}{proj.memory_s:>9.3f}{proj.collective_s:>9.3f}{proj.launch_s:>9.3f}"
+            f"{proj.seconds:>9.3f}{p.hbm_bytes / 1e9:>10.2f}{sum(p.collective_bytes.values()) / 1e9:>10.2f}"
+            f"{p.kernels:>10.0f}"
+        )
+        if p.token_loop is not None:
+            t = p.token_loop
+            gathered = t.collective_bytes.get("all-gather", 0.0)
+            other = sum(t.collective_bytes.values()) - gathered
+            lines.append(
+                f"token loop of {p.name}, per token and device: {t.kernels:.0f} kernels, {t.hbm_bytes / 1e9:.4f} GB "
+                f"HBM, {gathered:.0f} bytes all-gathered, {other:.0f} bytes in other collectives"
+            )
+    steps, source = planned_steps(config, gpu.processes)
+    if steps is not None:
+        lines.append(f"projected run: {steps} steps ({source}): {steps * step / 3600:.2f} hours")
+    else:
+        lines.append(f"projected run: steps unknown ({source}; run.max_steps sets them)")
+    lines.append(
+        f"projected_step_seconds={step:.3f} (a roofline projection from the compiled programs, not a measurement)"
+    )
+    return lines

@@ -9,6 +9,8 @@ that read them (see `multihost`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import numpy as np
 from flax import nnx
@@ -17,7 +19,8 @@ from jax.sharding import Mesh
 from jax_tinyr1.model.sharding import batch_shardings, make_mesh
 from jax_tinyr1.update import multihost
 from jax_tinyr1.update.optimizer import OptimizerConfig, make_optimizer, opt_state_shardings
-from jax_tinyr1.update.params import encode_program, merge_params, param_shardings, split_params
+from jax_tinyr1.update.params import merge_params, param_shardings, split_params
+from jax_tinyr1.update.programs import StepProgram
 from jax_tinyr1.update.step import jit_update
 
 DROPOUT_STREAM = 3  # folded into a step's key for the adapters' dropout (GRPO splits the key in two)
@@ -31,8 +34,11 @@ class Trainer:
         trainable: tuple[str, ...],
         optimizer: OptimizerConfig,
         pad_id: int,
+        programs: Callable[..., dict[str, StepProgram]],
         mesh: Mesh | None = None,
     ):
+        """`programs(graphdef, optimizer, mesh)`: the stage's step programs (update/programs.py),
+        the same list `--plan` compiles; the trainer jits them."""
         self.trainable_parts, self.pad_id = trainable, pad_id
         self.mesh = mesh or make_mesh(devices=jax.devices()[:1])
         state = nnx.state(model)
@@ -49,8 +55,9 @@ class Trainer:
             self.optimizer, abstract_opt, self.shardings["trainable"], self.mesh
         )
         self.opt_state = jax.jit(self.optimizer.init, out_shardings=self.shardings["opt_state"])(self.trainable)
-        self._encode = jax.jit(encode_program(self.graphdef, trainable))
-        self._update = None  # the stage's update(trainable, frozen, opt_state, batch), see make_update
+        self.programs = programs(self.graphdef, self.optimizer, self.mesh)
+        self._encode = jax.jit(self.programs["encode"].fn)
+        self._update = self.programs["update"].fn  # update(trainable, frozen, opt_state, batch), jitted on first use
         self._jitted_update = None
         self._reshard_cache = {}
         self.step_count = 0
