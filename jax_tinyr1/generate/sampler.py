@@ -34,11 +34,12 @@ CPU_DECODE_MAX_COPY_BYTES = 4 << 30
 
 
 class Rollout(NamedTuple):
-    tokens: jax.Array  # [B*G, N] int32, pad after EOS
-    completion_mask: jax.Array  # [B*G, N] int32: 1 up to and including the first EOS
-    logps: jax.Array  # [B*G, N] float32: log-probs of the sampled tokens (0 where masked)
-    lengths: jax.Array  # [B*G] completion lengths
-    truncated: jax.Array  # [B*G] bool: no EOS within max_new_tokens
+    # R = prompts x G completion rows, T = max_new_tokens (the package's shape legend)
+    tokens: jax.Array  # [R, T] int32, pad after EOS
+    completion_mask: jax.Array  # [R, T] int32: 1 up to and including the first EOS
+    logps: jax.Array  # [R, T] float32: log-probs of the sampled tokens (0 where masked)
+    lengths: jax.Array  # [R] completion lengths
+    truncated: jax.Array  # [R] bool: no EOS within max_new_tokens
 
 
 def left_align(x_bt, mask_bt):

@@ -53,7 +53,7 @@ class TinyLlavaConfig:
 
 
 def splice_positions(input_ids_bt: jax.Array, num_visual: int, image_token_index: int = IMAGE_TOKEN_INDEX):
-    """For the spliced sequence of length T - 1 + V: which output slots are visual, and for
+    """For the spliced sequence of length T - 1 + M (M visual tokens): which output slots are visual, and for
     each slot the source index into the text (or into the visual block). Every row holds
     exactly one placeholder (the template guarantees it)."""
     _b, t = input_ids_bt.shape
