@@ -66,12 +66,13 @@ def has_nvidia_gpu() -> bool:
 
 
 def cuda_plugin_installed() -> bool:
-    """Whether `jax_plugins.xla_cuda12` can be imported, without importing it. `find_spec` of a
-    dotted name imports its parent, and raises when the parent is absent: ask for the parent first."""
+    """Whether a CUDA plugin (jax 0.10's CUDA 12 one, or jax 0.11's CUDA 13 one) can be imported,
+    without importing it. `find_spec` of a dotted name imports its parent, and raises when the
+    parent is absent: ask for the parent first."""
     try:
-        return (
-            importlib.util.find_spec(PLUGIN_NAMESPACE) is not None and importlib.util.find_spec(CUDA_PLUGIN) is not None
-        )
+        if importlib.util.find_spec(PLUGIN_NAMESPACE) is None:
+            return False
+        return any(importlib.util.find_spec(name) is not None for name in (CUDA_PLUGIN, CUDA13_PLUGIN))
     except (ImportError, ValueError):  # a broken namespace package counts as no plugin
         return False
 
@@ -95,18 +96,19 @@ def keep_cuda_plugin_quiet(environ=os.environ) -> None:
         sys.modules["jax"].config.update("jax_platforms", "cpu")
 
 
-def apply_memory_fraction(fraction: float, environ=os.environ) -> str | None:
+def apply_memory_fraction(fraction: float, environ=os.environ) -> None:
     """A run's `run.memory_fraction` (0: none) as XLA_PYTHON_CLIENT_MEM_FRACTION, before the
-    backends start. A value the user exported wins; the returned line says so."""
+    backends start. A value the user exported wins, and a line on stderr says so."""
     if not fraction:
-        return None
+        return
     exported = environ.get(MEM_FRACTION_ENV)
     if exported is None:
         environ[MEM_FRACTION_ENV] = f"{fraction:g}"
-        return None
-    if exported.strip() != f"{fraction:g}":
-        return f"{MEM_FRACTION_ENV}={exported} (exported) is used, not run.memory_fraction={fraction:g}"
-    return None
+    elif exported.strip() != f"{fraction:g}":
+        print(
+            f"note: {MEM_FRACTION_ENV}={exported} (exported) is used, not run.memory_fraction={fraction:g}",
+            file=sys.stderr,
+        )
 
 
 def configure() -> None:

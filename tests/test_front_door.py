@@ -86,6 +86,20 @@ def test_a_broken_plugin_namespace_counts_as_no_plugin(monkeypatch):
     assert not platform.cuda_plugin_installed()
 
 
+def test_a_recipes_memory_fraction_is_applied_unless_the_user_exported_one(capsys):
+    environ = {}
+    platform.apply_memory_fraction(0.0, environ)  # 0: JAX's default, nothing set
+    assert environ == {}
+    platform.apply_memory_fraction(0.95, environ)
+    assert environ == {platform.MEM_FRACTION_ENV: "0.95"}
+    exported = {platform.MEM_FRACTION_ENV: ".8"}
+    platform.apply_memory_fraction(0.95, exported)
+    assert exported == {platform.MEM_FRACTION_ENV: ".8"}
+    assert (
+        "XLA_PYTHON_CLIENT_MEM_FRACTION=.8 (exported) is used, not run.memory_fraction=0.95" in capsys.readouterr().err
+    )
+
+
 def test_options_are_lettered_or_refused():
     assert lettered_options(["a dog", "a cat"]) == ["A. a dog", "B. a cat"]
     assert lettered_options(["A. a dog", "B. a cat", "C. both"]) == ["A. a dog", "B. a cat", "C. both"]

@@ -209,6 +209,8 @@ def test_the_published_data_layout_runs_the_recipes_cold_start_then_grpo(publish
         *sizes,
         "grpo.group_size=2",
         "sampling.max_new_tokens=4",
+        # The accelerators' decoding layout (split by heads), reached on CPU through the recipe.
+        "sampling.decode_weights=tensor",
         f"run.output_dir={tmp_path / 'grpo'}",
     ]
     assert train_main(grpo, stage="grpo", description="") == 0

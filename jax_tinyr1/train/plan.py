@@ -351,9 +351,9 @@ def format_plan(
     return "\n".join(lines)
 
 
-def decode_line(config: TrainConfig, devices: int, device_memory: int | None) -> str:
-    """How the rollout lays out the language model for its token loop (generate/decode_layout.py)."""
-    llm = abstract_model(config.model.resolve(config.lora)).llm
+def decode_line(config: TrainConfig, llm, devices: int, device_memory: int | None) -> str:
+    """How the rollout lays out the language model (`llm`, abstract) for its token loop
+    (generate/decode_layout.py)."""
     copy = decode_layout.copy_bytes(llm)
     setting = config.sampling.decode_weights
     placement = decode_layout.choose_placement(setting, copy, devices, device_memory)
@@ -376,9 +376,10 @@ def mem_fraction() -> float:
     return value
 
 
-def model_line(config: TrainConfig, source: str | None = None) -> str:
-    """What is planned: the model's source and its parameters by part (no weights read)."""
-    state = nnx.to_pure_dict(nnx.state(abstract_model(config.model.resolve(config.lora))))
+def model_line(config: TrainConfig, model, source: str | None = None) -> str:
+    """What is planned: the model's source and its parameters by part (`model` abstract: no
+    weights read)."""
+    state = nnx.to_pure_dict(nnx.state(model))
     counts = {part: sum(math.prod(x.shape) for x in jax.tree.leaves(sub)) for part, sub in state.items()}
     order = sorted(counts, key=lambda part: -counts[part])  # the language model first
     parts = ", ".join(f"{part} {_count(counts[part])}" for part in order)
@@ -404,11 +405,10 @@ def run_plan(
     """Print the plan; exit code 3 when the largest program exceeds the budget: what the
     target card gives (with `target`), else `device_memory_gib` when given. `source` names the
     model where config.model.checkpoint is a converted copy of what the user gave."""
-    note = platform.apply_memory_fraction(config.run.memory_fraction)
-    if note:
-        print(f"note: {note}", file=sys.stderr)
+    platform.apply_memory_fraction(config.run.memory_fraction)
     platform.start_backend()
-    print(model_line(config, source), flush=True)
+    model = abstract_model(config.model.resolve(config.lora))
+    print(model_line(config, model, source), flush=True)
     if target is None:
         devices = plan_devices(config.mesh.size)
         memory = None if device_memory_gib is None else int(device_memory_gib * GIB)
@@ -433,7 +433,7 @@ def run_plan(
         ]
         source = f"what one {gpu.card} gives ({limit:.2f} GiB)"
     if stage == "grpo":
-        notes.append(decode_line(config, len(devices), memory))
+        notes.append(decode_line(config, model.llm, len(devices), memory))
     tail = [] if target is None else projection_lines(config, plans, gpu, stage)
     print(format_plan(config, plans, where, notes, tail), flush=True)
     worst = max(plans, key=lambda p: p.peak_gib)

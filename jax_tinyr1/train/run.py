@@ -259,9 +259,7 @@ def train(config: TrainConfig, *, stage: str) -> Path:
             reasoning_prompt=spec.reasoning_prompt,
         ),
     )
-    note = platform.apply_memory_fraction(config.run.memory_fraction)  # before the backends start
-    if note:
-        print(f"note: {note}", file=sys.stderr)
+    platform.apply_memory_fraction(config.run.memory_fraction)  # before the backends start
     maybe_initialize_distributed()  # before anything starts JAX's backends
     platform.start_backend()
     if unread and jax.process_index() == 0:
