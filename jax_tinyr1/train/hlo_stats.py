@@ -17,6 +17,7 @@ slices. Everything else is an upper bound (a broadcast operand read once is coun
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 
@@ -150,6 +151,16 @@ class Program:
     def trips(self, loop: Instruction) -> int:
         found = _TRIPS.search(loop.attributes)
         return int(found.group(1)) if found else self.unknown_trips
+
+    def collective_ops(self) -> dict[str, int]:
+        """How many of each communication op the program holds (a loop body's once)."""
+        found = collections.Counter(
+            i.opcode.removesuffix("-start")
+            for c in self.computations.values()
+            for i in c.instructions.values()
+            if i.opcode.removesuffix("-start") in COLLECTIVES
+        )
+        return {name: found[name] for name in COLLECTIVES if found[name]}
 
     def loops(self, computation: Computation | None = None) -> list[Instruction]:
         """The while instructions of a computation (default the entry), in order."""

@@ -21,12 +21,10 @@ not the step's arithmetic.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import math
 import os
-import re
 import sys
 import time
 
@@ -170,22 +168,12 @@ def _compile_one(
         gflops=gflops,
         matmul_tflops=jaxpr_matmul_flops(traced.jaxpr.jaxpr, while_trips) / len(devices) / 1e12,
         compile_s=seconds,
-        collectives=count_collectives(compiled.as_text()),
+        collectives=program.collective_ops(),
         kernels=whole.kernels,
         hbm_bytes=whole.hbm_bytes,
         collective_bytes=whole.collective_bytes,
         token_loop=token_loop,
     )
-
-
-COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
-_COLLECTIVE_OP = re.compile(r"= [^=]*? (" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
-
-
-def count_collectives(hlo_text: str) -> dict[str, int]:
-    """How many of each communication op a compiled program's HLO holds."""
-    found = collections.Counter(m.group(1) for m in _COLLECTIVE_OP.finditer(hlo_text))
-    return {name: found[name] for name in COLLECTIVES if found[name]}
 
 
 def plan_run(
